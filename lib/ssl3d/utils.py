@@ -1,0 +1,136 @@
+"""Small utilities shared by every module: seeding, input checks, checkpoints, progress bars."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "seed_everything",
+    "rng_state",
+    "set_rng_state",
+    "check_points",
+    "progress",
+    "save_checkpoint",
+    "load_checkpoint",
+    "repo_root",
+]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a fresh ``torch.Generator`` seeded the same way."""
+    if not isinstance(seed, int | np.integer):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Everything needed to resume random number streams exactly (stored in checkpoints)."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def check_points(x: torch.Tensor | np.ndarray, name: str = "points", dim: int = 3, batched: bool | None = None):
+    """Validate a point cloud: (N, dim) or (B, N, dim), non-empty, finite. Raises ValueError naming the fix."""
+    if not isinstance(x, torch.Tensor | np.ndarray):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
+    shape = tuple(x.shape)
+    ok_ndims = {2: (2,), 3: (3,), None: (2, 3)}[None if batched is None else (3 if batched else 2)]
+    if len(shape) not in ok_ndims or shape[-1] != dim:
+        want = {(2,): f"(N, {dim})", (3,): f"(B, N, {dim})", (2, 3): f"(N, {dim}) or (B, N, {dim})"}[ok_ndims]
+        raise ValueError(f"{name} must have shape {want}, got {shape}")
+    if shape[-2] == 0:
+        raise ValueError(f"{name} is empty (0 points): check the data loader or the crop that produced it")
+    finite = torch.isfinite(x).all() if isinstance(x, torch.Tensor) else np.isfinite(x).all()
+    if not bool(finite):
+        raise ValueError(f"{name} contains NaN or Inf values: clean the input (e.g. drop invalid depth pixels)")
+    return x
+
+
+def progress(iterable=None, total: int | None = None, desc: str = "", **kw):
+    """A tqdm progress bar that stays quiet in CI/tests (SSL3D_PROGRESS=0) so notebook outputs stay diff-able."""
+    from tqdm.auto import tqdm
+
+    disable = os.environ.get("SSL3D_PROGRESS", "1") == "0"
+    return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, dynamic_ncols=True, **kw)
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer=None, scheduler=None, step: int = 0,
+                    **extra) -> Path:
+    """Atomically save model + optimizer + scheduler + RNG state so that training resumes exactly."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": model.state_dict(),
+        "model_class": type(model).__name__,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "step": step,
+        "rng": rng_state(),
+        "extra": extra,
+    }
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer=None, scheduler=None,
+                    restore_rng: bool = True, strict: bool = True) -> dict[str, Any]:
+    """Restore a checkpoint written by :func:`save_checkpoint`; mismatched weights raise a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist: train first or pass the right path")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated / not a torch file
+        raise ValueError(f"checkpoint {path} could not be read ({e}); it is truncated or not a torch file") from e
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"{path} is not an ssl3d checkpoint (no 'model' entry); was it saved by save_checkpoint?")
+    missing, unexpected = [], []
+    own = model.state_dict()
+    for k, v in state["model"].items():
+        if k not in own:
+            unexpected.append(k)
+        elif own[k].shape != v.shape:
+            raise ValueError(
+                f"checkpoint {path} does not match the model: '{k}' has shape {tuple(v.shape)} in the file "
+                f"but {tuple(own[k].shape)} in {type(model).__name__} — build the model with the same config "
+                f"(checkpoint was saved from {state.get('model_class')})"
+            )
+    missing = [k for k in own if k not in state["model"]]
+    if strict and (missing or unexpected):
+        raise ValueError(
+            f"checkpoint {path} does not match {type(model).__name__}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]} (pass strict=False to load a backbone into a larger model)"
+        )
+    model.load_state_dict(state["model"], strict=strict)
+    if optimizer is not None and state.get("optimizer") is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    if restore_rng and state.get("rng") is not None:
+        set_rng_state(state["rng"])
+    return state
+
+
+def repo_root() -> Path:
+    """The repository root (the folder holding pyproject.toml) when ssl3d is installed in editable mode."""
+    here = Path(__file__).resolve()
+    for p in here.parents:
+        if (p / "pyproject.toml").is_file() and (p / "lib" / "ssl3d").is_dir():
+            return p
+    return Path.cwd()

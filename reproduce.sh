@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# ssl3d — reproduce every notebook, or run the test suite. Bootstraps .venv on first use.
+#
+#   ./reproduce.sh                                   # all notebooks, smoke profile (CPU, embedded data) → figures/
+#   ./reproduce.sh --profile full --data-root DIR    # the papers' settings (GPU + real datasets under DIR)
+#   ./reproduce.sh --only 03_gmm_bottleneck          # one notebook (stem or NN prefix)
+#   ./reproduce.sh --test [pytest args]              # unit tests + every notebook under nbval
+#
+# Executed notebooks land in runs/<profile>/; see README.md for the environment variables.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+# shellcheck source=lib/env/bootstrap.sh
+source lib/env/bootstrap.sh || { echo "reproduce.sh: environment bootstrap failed" >&2; exit 1; }
+
+if [ "${1:-}" = "--test" ]; then
+  shift
+  exec python -m pytest tests notebooks --nbval-lax --nbval-current-env "$@"
+fi
+exec python -m ssl3d.reproduce "$@"
