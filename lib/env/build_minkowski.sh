@@ -12,7 +12,7 @@ py=python
 if "$py" -c "import MinkowskiEngine" >/dev/null 2>&1; then
   exit 0
 fi
-tag=$("$py" -c 'import sys, torch; print(f"cp{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__.split("+")[0]}")')
+tag=$("$py" -c 'import sys, torch; v = torch.__version__.split("+")[0]; print(f"cp{sys.version_info.major}{sys.version_info.minor}-torch{v}")')
 mkdir -p "$cache/$tag"
 # pip names the wheel in lower case (minkowskiengine-0.5.4-…); match either spelling.
 wheel=$(find "$cache/$tag" -maxdepth 1 -iname "minkowskiengine-${ME_VERSION}-*.whl" | head -n1)
