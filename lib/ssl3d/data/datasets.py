@@ -325,8 +325,7 @@ class RGBDFrameDataset(_Lazy):
 def collate_frames(batch: list[dict]) -> dict:
     """Images stacked (B, 3, H, W); points concatenated with ``coords (ΣM, 4)`` (batch index first) and
     ``pixels (ΣM, 3)`` = (batch index, row, column)."""
-    out = {"image": torch.stack([b["image"] for b in batch]), "depth": torch.stack([b["depth"] for b in batch]),
-           "K": torch.stack([b["K"] for b in batch]), "semantic_image": torch.stack([b["semantic_image"] for b in batch])}
+    out = {k: torch.stack([b[k] for b in batch]) for k in ("image", "depth", "K", "semantic_image")}
     bidx = [torch.full((len(b["points"]), 1), i, dtype=torch.long) for i, b in enumerate(batch)]
     out["coords"] = torch.cat([torch.cat([bi, b["coords"]], 1) for bi, b in zip(bidx, batch)])
     out["pixels"] = torch.cat([torch.cat([bi, b["pixels"]], 1) for bi, b in zip(bidx, batch)])

@@ -169,7 +169,8 @@ def sphere(center, radius, segments=16, tag=0, z_scale=1.0) -> Mesh:
     body = m.faces[:-2 * n]
     lo, hi = len(v) - 2, len(v) - 1
     top0 = (rings - 2) * n
-    f = np.vstack([body, [(lo, (j + 1) % n, j) for j in range(n)], [(hi, top0 + j, top0 + (j + 1) % n) for j in range(n)]])
+    caps = [(lo, (j + 1) % n, j) for j in range(n)] + [(hi, top0 + j, top0 + (j + 1) % n) for j in range(n)]
+    f = np.vstack([body, caps])
     return _mesh(v, f, tag).transformed(translation=center)
 
 
