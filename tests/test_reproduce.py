@@ -31,7 +31,7 @@ def test_failure_names_cell_and_leaves_nothing(tmp_path):
         reproduce.run_notebook(nb, out_dir=out)
     assert "boom here" in reproduce._describe_failure(ei.value)
     assert "starting `raise ValueError('boom here')`" in reproduce._describe_failure(ei.value)
-    assert not list(out.glob("*.ipynb")) and not list(out.glob(".*"))
+    assert [p.name for p in out.iterdir()] == ["01_bad.FAILED.ipynb"], "no partial file, no 'good' copy"
 
 
 def test_success_writes_executed_copy_with_parameters(tmp_path):

@@ -64,9 +64,11 @@ def run_notebook(path: Path, profile: str = "smoke", data_root: str | None = Non
         pm.execute_notebook(str(path), str(tmp), parameters=params, kernel_name="python3", cwd=str(path.parent),
                             progress_bar=False, log_output=False)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp.exists():  # keep the failed run for inspection, never in place of a good one
+            os.replace(tmp, out_dir / f"{path.stem}.FAILED.ipynb")
         raise
     os.replace(tmp, final)
+    (out_dir / f"{path.stem}.FAILED.ipynb").unlink(missing_ok=True)
     return final
 
 
@@ -102,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
             summary.append((nb.stem, "FAILED", dt))
             _print_summary(summary, time.perf_counter() - t_all)
             print(f"\nreproduce: {nb.name} failed after {dt:.0f}s — {_describe_failure(exc)}", file=sys.stderr)
-            print(f"reproduce: the partially executed copy was discarded; rerun with --only {nb.stem}",
-                  file=sys.stderr)
+            print(f"reproduce: the partial run is in runs/{args.profile}/{nb.stem}.FAILED.ipynb; rerun with "
+                  f"--only {nb.stem}", file=sys.stderr)
             return 1
         dt = time.perf_counter() - t0
         summary.append((nb.stem, "ok", dt))
