@@ -125,13 +125,15 @@ def _as_batches(data, batch_size: int):
         data = torch.from_numpy(data)
     if isinstance(data, torch.Tensor):
         data = (data,)
+    # (points,) or (points, labels): points are (M, N, 3), labels (M,) or per point (M, N) — never 3-D, which
+    # tells this apart from a list of two point batches
     if isinstance(data, tuple | list) and 1 <= len(data) <= 2 and isinstance(data[0], torch.Tensor | np.ndarray) \
-            and np.ndim(data[0]) == 3:
+            and np.ndim(data[0]) == 3 and (len(data) == 1 or np.ndim(data[1]) <= 2):
         pts = torch.as_tensor(data[0])
         lab = torch.as_tensor(data[1]) if len(data) == 2 else None
         if lab is not None and len(lab) != len(pts):
             raise ValueError(f"{len(pts)} clouds but {len(lab)} labels")
-        return (((pts[s:s + batch_size], None if lab is None else lab[s:s + batch_size]))
+        return ((pts[s:s + batch_size], None if lab is None else lab[s:s + batch_size])
                 for s in range(0, len(pts), batch_size))
     return data
 

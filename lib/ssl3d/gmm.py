@@ -22,7 +22,7 @@ scores the reconstruction with the likelihood instead of a learned decoder and a
 lowers the loss only by finding a partition into compact, well-shaped Gaussian blobs — geometric parts. The
 points are data, so gradients reach the network only through γ.
 
-The equations (N points, J components, B clouds in a batch; code below uses exactly these names)
+The equations (N points, J components, B clouds in a batch; the code below is numbered the same way)
 ----------------------------------------------------------------------------------------------------------
     γ_ij = softmax_j(S_ij)                                              responsibilities        (1)
     n_j  = Σ_i γ_ij                                                     mass of component j     (2)
@@ -48,13 +48,17 @@ Numerical choices (each one keeps a degenerate case finite; none changes a well-
   well-known singularity of GMM likelihoods, which a network would happily exploit. With ε the density of a
   point is bounded by (2πε)^(−3/2), i.e. log p ≤ 14.5 nats, and Σ_j is always positive definite.
 - **mass floor n_j ≥ 1e-6 points** in the divisions of eqs. (4)-(5). A component the network leaves (almost)
-  empty would divide 0 by 0. With the floor its mean shrinks towards the origin and its covariance towards
-  εI: harmless, since its weight π_j is ~0, and gradients stay finite.
+  empty would divide 0 by 0. With the floor its mean shrinks towards the cloud's centre and its covariance
+  towards εI: harmless, since its weight π_j is ~0, and gradients stay finite.
 - **log π_j in log space**: log π_j = logsumexp_i(log γ_ij) − log N with log γ = log_softmax(S). This is exact
   even when every γ_ij of a component underflows to 0 in float32, where log(π_j) would be −∞ and its gradient
   NaN.
 - **Likelihood in log space**: log 𝒩 through a Cholesky factor Σ = L Lᵀ (log|Σ| = 2 Σ_k log L_kk,
   Mahalanobis distance = ‖L⁻¹(x − μ)‖²), then logsumexp over components — never exp() of a log-density.
+- **Moments in float64, coordinates centred per cloud**: eqs. (4)-(5) are computed as weighted moments
+  (Σ_j = E_γ[x xᵀ] − μ_j μ_jᵀ, one matmul, 2-4× faster than forming every x_i − μ_j); that identity
+  loses digits for small components far from the origin, which float64 and centring make irrelevant.
+  The likelihood also centres each cloud (x − μ is unchanged), so float32 clouds in scene coordinates work.
 
 Intuition without a network: plain EM (:func:`fit_gmm_em`) alternates the E-step γ = posterior p(z | x, Θ) and
 the M-step Θ = ξ(P, γ). The bottleneck replaces the E-step with a network, so EM is reused here verbatim:
@@ -221,28 +225,37 @@ def gmm_params(points: torch.Tensor, logits: torch.Tensor, cov: str = "full", ep
     gamma = log_gamma.exp()  # (B, N, J)
 
     # (2)-(3) mass and mixing weights; log π in log space so that an empty component is not log(0)
-    mass = gamma.sum(1)  # (B, J)   n_j
     log_pi = torch.logsumexp(log_gamma, dim=1) - math.log(n)  # (B, J)
     pi = log_pi.exp()  # (B, J)
-    denom = mass.clamp_min(mass_floor)  # (B, J)   n_j, floored for the divisions below
 
-    # (4) means: a γ-weighted average of the points, one matmul
-    mu = gamma.transpose(1, 2) @ x / denom.unsqueeze(-1)  # (B, J, N) @ (B, N, 3) → (B, J, 3)
-
-    # (5) covariances from centred points (two-pass: no cancellation when the cloud is far from the origin)
-    diff = x.unsqueeze(2) - mu.unsqueeze(1)  # (B, N, J, 3)   x_i − μ_j
-    wdiff = gamma.unsqueeze(-1) * diff  # (B, N, J, 3)   γ_ij (x_i − μ_j)
+    # (4)-(5) as weighted moments: μ_j = Σ_i γ_ij x_i / n_j and Σ_j = Σ_i γ_ij x_i x_iᵀ / n_j − μ_j μ_jᵀ, all from
+    # ONE matmul of γᵀ with the per-point features [x_i, vec(x_i x_iᵀ)]. Writing eq. (5) literally instead needs
+    # the (B, N, J, 3) tensor x_i − μ_j and is 2-4× slower (benchmarks/gmm.py). The subtraction
+    # E[xxᵀ] − μμᵀ cancels digits when a component is small and far from the origin, so it runs in float64 on
+    # coordinates centred at each cloud's mean (a shift changes no covariance): its error, ~1e-16 ‖μ_j‖², is far
+    # below ε, and float64 on a (B, N, 12) × (B, N, J) product is still cheap.
+    acc = torch.float64
+    xd = x.to(acc)  # (B, N, 3)
+    centre = xd.mean(dim=1, keepdim=True)  # (B, 1, 3)
+    xc = xd - centre  # (B, N, 3)
+    moments_in = torch.cat([xc, (xc.unsqueeze(-1) * xc.unsqueeze(-2)).flatten(2)], dim=-1)  # (B, N, 3 + 9)
+    g = gamma.to(acc)  # (B, N, J)
+    mass = g.sum(dim=1)  # (B, J)   n_j
+    denom = mass.clamp_min(mass_floor)  # (B, J)   n_j floored: an empty component gives 0/floor, not 0/0
+    moments = g.transpose(1, 2) @ moments_in / denom.unsqueeze(-1)  # (B, J, N) @ (B, N, 12) → (B, J, 12)
+    mu_c = moments[..., :3]  # (B, J, 3)   μ_j − centre
+    scatter = moments[..., 3:].unflatten(-1, (3, 3)) - mu_c.unsqueeze(-1) * mu_c.unsqueeze(-2)  # (B, J, 3, 3)
+    scatter = 0.5 * (scatter + scatter.transpose(-1, -2))  # exactly symmetric despite rounding
+    mu = (mu_c + centre).to(dtype)  # (B, J, 3)
     if cov == "full":
-        scatter = torch.einsum("bnjk,bnjl->bjkl", wdiff, diff)  # (B, J, 3, 3)   Σ_i γ_ij d dᵀ
-        scatter = 0.5 * (scatter + scatter.transpose(-1, -2))  # exactly symmetric despite rounding
-        eye = torch.eye(3, dtype=dtype, device=x.device)
-        sigma = scatter / denom[..., None, None] + eps * eye  # (B, J, 3, 3)
+        sigma = scatter + eps * torch.eye(3, dtype=acc, device=x.device)  # (B, J, 3, 3)
     elif cov == "diag":
-        sigma = (wdiff * diff).sum(1) / denom.unsqueeze(-1) + eps  # (B, J, 3)   per-axis variances
+        sigma = torch.diagonal(scatter, dim1=-2, dim2=-1) + eps  # (B, J, 3)   per-axis variances
     else:
-        sq = (wdiff * diff).sum((1, 3))  # (B, J)   Σ_i γ_ij ‖x_i − μ_j‖²
+        sq = torch.diagonal(scatter, dim1=-2, dim2=-1).sum(-1)  # (B, J)   Σ_i γ_ij ‖x_i − μ_j‖² / n_j = tr Σ_j
         dims = 1 if deepgmr_iso else 3  # DeepGMR does not divide by the dimension
-        sigma = sq / (dims * denom) + eps  # (B, J)
+        sigma = sq / dims + eps  # (B, J)
+    sigma = sigma.to(dtype)
     return GMMParams(pi=pi, mu=mu, cov=sigma, cov_type=cov, log_pi=log_pi)
 
 
@@ -253,14 +266,17 @@ def component_log_prob(points: torch.Tensor, params: GMMParams) -> torch.Tensor:
     """log π_j + log 𝒩(x_i | μ_j, Σ_j) for every point and component: (B, N, 3) → (B, N, J).
 
     log 𝒩(x | μ, Σ) = −½ (x − μ)ᵀ Σ⁻¹ (x − μ) − ½ log|Σ| − (3/2) log 2π.
-    For "full", Σ = L Lᵀ (Cholesky) gives (x − μ)ᵀ Σ⁻¹ (x − μ) = ‖L⁻¹(x − μ)‖² and log|Σ| = 2 Σ_k log L_kk;
-    L⁻¹ is one 3 × 3 triangular solve per component, then applied to every point with one einsum.
+    For "full", Σ = L Lᵀ (Cholesky) gives (x − μ)ᵀ Σ⁻¹ (x − μ) = ‖L⁻¹(x − μ)‖² and log|Σ| = 2 Σ_k log L_kk.
+    L⁻¹ is one 3 × 3 triangular solve per component; L⁻¹(x_i − μ_j) = L⁻¹x_i − L⁻¹μ_j applies all J of them
+    to every point in one matmul (coordinates centred per cloud, which changes no x − μ, to keep them small).
     """
     points = _check_points_batched(points)
     _check_params(points, params)
     dtype = torch.promote_types(points.dtype, params.mu.dtype)
-    x, mu, sigma = points.to(dtype), params.mu.to(dtype), params.cov.to(dtype)
-    diff = x.unsqueeze(2) - mu.unsqueeze(1)  # (B, N, J, 3)
+    b, n, _ = points.shape
+    j = params.num_components
+    centre = points.to(dtype).mean(dim=1, keepdim=True)  # (B, 1, 3)
+    x, mu, sigma = points.to(dtype) - centre, params.mu.to(dtype) - centre, params.cov.to(dtype)
     if params.cov_type == "full":
         chol, info = torch.linalg.cholesky_ex(sigma)  # (B, J, 3, 3) lower-triangular L
         if bool((info != 0).any()):
@@ -268,17 +284,22 @@ def component_log_prob(points: torch.Tensor, params: GMMParams) -> torch.Tensor:
                              "(which adds eps to the diagonal) or increase eps")
         eye = torch.eye(3, dtype=dtype, device=x.device).expand_as(chol)
         chol_inv = torch.linalg.solve_triangular(chol, eye, upper=False)  # (B, J, 3, 3)   L⁻¹
-        z = torch.einsum("bjkl,bnjl->bnjk", chol_inv, diff)  # (B, N, J, 3)   L⁻¹ (x_i − μ_j)
+        lx = (x @ chol_inv.reshape(b, j * 3, 3).transpose(1, 2)).view(b, n, j, 3)  # (B, N, J, 3)   L⁻¹ x_i
+        lmu = (chol_inv @ mu.unsqueeze(-1)).squeeze(-1)  # (B, J, 3)   L⁻¹ μ_j
+        z = lx - lmu.unsqueeze(1)  # (B, N, J, 3)   L⁻¹ (x_i − μ_j)
         maha = (z * z).sum(-1)  # (B, N, J)
         logdet = 2 * torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)  # (B, J)
     elif params.cov_type == "diag":
+        diff = x.unsqueeze(2) - mu.unsqueeze(1)  # (B, N, J, 3)
         maha = (diff * diff / sigma.unsqueeze(1)).sum(-1)  # (B, N, J)
         logdet = sigma.log().sum(-1)  # (B, J)
     else:
+        diff = x.unsqueeze(2) - mu.unsqueeze(1)  # (B, N, J, 3)
         maha = (diff * diff).sum(-1) / sigma.unsqueeze(1)  # (B, N, J)
         logdet = 3 * sigma.log()  # (B, J)
-    log_normal = -0.5 * (maha + logdet.unsqueeze(1) + 3 * _LOG_2PI)  # (B, N, J)
-    return params.log_pi.to(dtype).unsqueeze(1) + log_normal  # (B, N, J)
+    # log π_j − ½ log|Σ_j| − (3/2) log 2π is per component: fold it into one (B, J) term before broadcasting
+    const = params.log_pi.to(dtype) - 0.5 * logdet - 1.5 * _LOG_2PI  # (B, J)
+    return const.unsqueeze(1) - 0.5 * maha  # (B, N, J)
 
 
 def gmm_log_likelihood(points: torch.Tensor, params: GMMParams) -> torch.Tensor:

@@ -36,6 +36,7 @@ __all__ = [
     "collate_pairs",
     "RGBDFrameDataset",
     "collate_frames",
+    "FixedSizeClouds",
 ]
 
 _SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -104,13 +105,15 @@ class ObjectDataset(_Lazy):
     """
 
     def __init__(self, n_per_class: int = 50, n_points: int = 1024, split: str = "train", seed: int = 0,
-                 variant: str = "clean", classes=None, random_yaw: bool = False, transform=None):
+                 variant: str = "clean", classes=None, random_yaw: bool = False, stretch: float = 0.3,
+                 transform=None):
         super().__init__(seed, split, transform)
         if variant not in ("clean", "OBJ_ONLY", "OBJ_BG", "PB_T50_RS"):
             raise ValueError(f"variant must be clean, OBJ_ONLY, OBJ_BG or PB_T50_RS, got {variant!r}")
         self.classes = list(classes) if classes is not None else list(S.OBJECT_CLASSES)
         self.class_ids = [S.OBJECT_CLASSES.index(c) for c in self.classes]
         self.n_per_class, self.n_points, self.variant, self.random_yaw = n_per_class, n_points, variant, random_yaw
+        self.stretch = stretch
 
     def __len__(self):
         return len(self.classes) * self.n_per_class
@@ -124,7 +127,7 @@ class ObjectDataset(_Lazy):
         c = self.class_ids[i // self.n_per_class]
         s = _seed("object", self.seed, self.split, self.variant, c, i % self.n_per_class)
         if self.variant == "clean":
-            d = S.sample_object(c, self.n_points, seed=s, random_yaw=self.random_yaw)
+            d = S.sample_object(c, self.n_points, seed=s, random_yaw=self.random_yaw, stretch=self.stretch)
             d.pop("mesh")
         else:
             d = S.scan_object(c, self.n_points, seed=s, variant=self.variant)
@@ -143,6 +146,46 @@ def collate_objects(batch: list[dict]) -> dict:
         if all(k in b for b in batch):
             out[k] = torch.from_numpy(np.stack([b[k] for b in batch]))
     return out
+
+
+class FixedSizeClouds(Dataset):
+    """Adapt a reader of real object clouds (``ssl3d.data.real``: ModelNet40, ShapeNetPart, ScanObjectNN) to the
+    :class:`ObjectDataset` interface: exactly ``n_points`` points per item (a random subset, deterministic per
+    seed and index; drawn with replacement when a cloud is smaller), centred and scaled into the unit sphere,
+    keys ``points``, ``label`` and — when the reader has them — ``normals`` and ``part``."""
+
+    def __init__(self, base, n_points: int = 1024, seed: int = 0, normalize: bool = True, transform=None):
+        self.base, self.n_points, self.seed, self.normalize, self.transform, self.epoch = (base, n_points, seed,
+                                                                                           normalize, transform, 0)
+        self._labels = None
+
+    def __len__(self):
+        return len(self.base)
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    @property
+    def labels(self) -> np.ndarray:
+        if self._labels is None:
+            self._labels = np.array([int(np.asarray(self.base[i]["label"]).reshape(-1)[0]) for i in range(len(self))])
+        return self._labels
+
+    def __getitem__(self, i):
+        d = self.base[i]
+        n = len(d["points"])
+        rng = np.random.default_rng(_seed("subsample", self.seed, i))
+        idx = rng.choice(n, self.n_points, replace=n < self.n_points)
+        out = {"points": np.asarray(d["points"], np.float32)[idx], "label": int(np.asarray(d["label"]).reshape(-1)[0])}
+        for k in ("normals", "part"):
+            if k in d and d[k] is not None:
+                out[k] = np.asarray(d[k])[idx]
+        if self.normalize:
+            c = (out["points"].max(0) + out["points"].min(0)) / 2
+            out["points"] = (out["points"] - c) / max(np.linalg.norm(out["points"] - c, axis=1).max(), 1e-9)
+        if self.transform is not None:
+            out = self.transform(out, np.random.default_rng(_seed("aug", self.seed, self.epoch, i)))
+        return out
 
 
 # ----------------------------------------------------------------------------------------------------------

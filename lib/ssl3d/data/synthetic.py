@@ -460,7 +460,8 @@ def make_object(cls, rng: np.random.Generator | int, stretch: float = 0.3) -> Me
     return mesh.transformed(translation=(-(lo[0] + hi[0]) / 2, -(lo[1] + hi[1]) / 2, -lo[2]))
 
 
-def sample_object(cls, n_points: int = 1024, seed: int = 0, normalize: bool = True, random_yaw: bool = False):
+def sample_object(cls, n_points: int = 1024, seed: int = 0, normalize: bool = True, random_yaw: bool = False,
+                  stretch: float = 0.3):
     """An object point cloud: area-weighted surface samples with normals and part labels.
 
     Returns a dict with ``points (N, 3) float32`` (in the unit sphere when ``normalize``), ``normals (N, 3)``,
@@ -469,7 +470,7 @@ def sample_object(cls, n_points: int = 1024, seed: int = 0, normalize: bool = Tr
     """
     rng = np.random.default_rng(seed)
     c = _class_index(cls)
-    mesh = make_object(c, rng)
+    mesh = make_object(c, rng, stretch=stretch)
     if random_yaw:
         rot = G.rotation_matrix((0, 0, 1), float(rng.uniform(0, 2 * np.pi))).double().numpy()
         mesh = mesh.transformed(rotation=rot)

@@ -90,7 +90,9 @@ class _PointBackbone(nn.Module):
 
     def _inputs(self, points: torch.Tensor, feats: torch.Tensor | None) -> torch.Tensor:
         name = type(self).__name__
-        if isinstance(points, torch.Tensor) and points.dim() == 2:
+        if not isinstance(points, torch.Tensor):
+            raise TypeError(f"{name}: points must be a torch.Tensor (B, N, 3), got {type(points).__name__}")
+        if points.dim() == 2:
             raise ValueError(f"{name}: points must be (B, N, 3), got {tuple(points.shape)}; add a batch dimension "
                              f"with points[None]")
         check_points(points, "points", batched=True)
@@ -125,6 +127,8 @@ class _PointBackbone(nn.Module):
         ``keep_hidden=True`` keeps the head's hidden layers and re-creates only the last Linear layer.
         The encoder (everything that produces ``point_feats``) is untouched.
         """
+        if num_outputs < 1:
+            raise ValueError(f"num_outputs must be ≥ 1, got {num_outputs}")
         ref = next(self.parameters())
         if keep_hidden:
             new = nn.Linear(self.head.out.in_features, num_outputs).to(ref.device, ref.dtype)

@@ -1,0 +1,180 @@
+"""ssl3d.evaluate against scikit-learn's metrics, hand-computed ShapeNetPart cases and known-answer probes."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import confusion_matrix as sk_confusion
+from sklearn.metrics import jaccard_score
+
+from ssl3d.evaluate import (
+    confusion_matrix,
+    extract_global_features,
+    iou_from_confusion,
+    linear_svm_probe,
+    masked_part_argmax,
+    mean_std,
+    part_miou,
+)
+from ssl3d.models.point import PointNetSeg
+
+
+def test_confusion_matrix_matches_sklearn_with_ignore(gen):
+    k = 6
+    target = torch.randint(k, (4, 500), generator=gen)
+    pred = torch.randint(k, (4, 500), generator=gen)
+    target[torch.rand(4, 500, generator=gen) < 0.2] = -100
+    pred[0, :7] = 3  # predictions on ignored points must not matter
+    cm = confusion_matrix(pred, target, k)
+    keep = target != -100
+    ref = sk_confusion(target[keep].numpy(), pred[keep].numpy(), labels=list(range(k)))
+    np.testing.assert_array_equal(cm.numpy(), ref)
+    assert cm.sum() == keep.sum()
+    # a custom ignore label, and accumulation across batches by addition
+    t2 = torch.where(target == -100, torch.full_like(target, 255), target)
+    np.testing.assert_array_equal(confusion_matrix(pred, t2, k, ignore_index=255).numpy(), ref)
+    halves = confusion_matrix(pred[:2], target[:2], k) + confusion_matrix(pred[2:], target[2:], k)
+    assert torch.equal(halves, cm)
+
+
+def test_confusion_matrix_errors():
+    with pytest.raises(ValueError, match="outside"):
+        confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 5]), 3)
+    with pytest.raises(ValueError, match="outside"):
+        confusion_matrix(torch.tensor([0, -1]), torch.tensor([0, 1]), 3)
+    with pytest.raises(ValueError, match="same shape"):
+        confusion_matrix(torch.zeros(4, dtype=torch.long), torch.zeros(5, dtype=torch.long), 3)
+    with pytest.raises(TypeError, match="argmax"):
+        confusion_matrix(torch.rand(4, 3), torch.zeros(4, 3, dtype=torch.long), 3)
+
+
+def test_iou_matches_sklearn_jaccard(gen):
+    k = 7
+    target = torch.randint(k - 1, (2000,), generator=gen)  # class 6 never appears in the target …
+    pred = torch.randint(k - 2, (2000,), generator=gen)  # … nor in the prediction; class 5 only in the target
+    iou, miou = iou_from_confusion(confusion_matrix(pred, target, k))
+    ref = jaccard_score(target.numpy(), pred.numpy(), labels=list(range(k)), average=None, zero_division=0)
+    absent = ~np.isin(np.arange(k), np.union1d(target.numpy(), pred.numpy()))  # in neither → NaN, not 0
+    ref[absent] = np.nan
+    np.testing.assert_allclose(iou.numpy(), ref, rtol=1e-12)
+    assert math.isnan(iou[6]) and iou[5] == 0
+    assert miou == pytest.approx(np.nanmean(ref), rel=1e-12)  # absent class excluded, class with IoU 0 counted
+    _, nothing = iou_from_confusion(torch.zeros(3, 3, dtype=torch.long))
+    assert math.isnan(nothing)
+
+
+def test_iou_by_hand():
+    # target 0 0 1 1 2 ; pred 0 1 1 1 0  → class 0: TP 1, FP 1, FN 1 → 1/3; class 1: 2/3; class 2: 0/1
+    cm = confusion_matrix(torch.tensor([0, 1, 1, 1, 0]), torch.tensor([0, 0, 1, 1, 2]), 3)
+    iou, miou = iou_from_confusion(cm)
+    np.testing.assert_allclose(iou.numpy(), [1 / 3, 2 / 3, 0.0])
+    assert miou == pytest.approx(1 / 3)
+
+
+PARTS = {"A": [0, 1], "B": [2, 3, 4]}
+
+
+def test_part_miou_by_hand():
+    target = [[0, 0, 1, 1], [2, 2, 3, 3], [4, 4, 4, 4]]
+    pred = [[0, 1, 1, 1], [2, 2, 3, 0], [4, 4, 4, 4]]
+    # shape 0 (A): part 0 ∩ 1, ∪ 2 → ½; part 1 ∩ 2, ∪ 3 → ⅔;                      IoU 7/12
+    # shape 1 (B): part 2 → 1; part 3 ∩ 1, ∪ 2 → ½; part 4 absent from both → 1;  IoU 5/6
+    #              (the stray prediction 0 belongs to category A: it only costs part 3 a point)
+    # shape 2 (B): parts 2 and 3 absent from both → 1; part 4 → 1;                IoU 1
+    r = part_miou(torch.tensor(pred), torch.tensor(target), PARTS)
+    np.testing.assert_allclose(r.shape_iou, [7 / 12, 5 / 6, 1.0])
+    assert r.instance_miou == pytest.approx((7 / 12 + 5 / 6 + 1) / 3)
+    assert r.per_category == pytest.approx({"A": 7 / 12, "B": (5 / 6 + 1) / 2})
+    assert r.class_miou == pytest.approx((7 / 12 + 11 / 12) / 2)
+    # list input of different lengths, explicit categories, ignored points
+    r2 = part_miou([np.array(p) for p in pred] + [np.array([0, 9])], [np.array(t) for t in target] +
+                   [np.array([0, -100])], list(PARTS.values()), categories=[0, 1, 1, 0])
+    np.testing.assert_allclose(r2.shape_iou, [7 / 12, 5 / 6, 1.0, 1.0])
+
+
+def test_part_miou_errors():
+    with pytest.raises(ValueError, match="several categories"):
+        part_miou([[0, 2]], [[0, 2]], PARTS)
+    with pytest.raises(ValueError, match="in no category"):
+        part_miou([[0, 7]], [[0, 7]], PARTS)
+    with pytest.raises(ValueError, match="two categories"):
+        part_miou([[0]], [[0]], {"A": [0, 1], "B": [1, 2]})
+
+
+def test_masked_part_argmax():
+    logits = torch.tensor([[[0.0, 1.0, 9.0, 0.0, 0.0]], [[9.0, 0.0, 0.0, 2.0, 1.0]]])  # (2 shapes, 1 point, 5)
+    pred = masked_part_argmax(logits, torch.tensor([0, 1]), PARTS)
+    assert pred.tolist() == [[1], [3]]  # the global argmax (2, 0) belongs to the other category
+
+
+def test_linear_probe_separable_and_random(gen):
+    rng = np.random.default_rng(0)
+    k, d = 5, 32
+    centres = rng.normal(size=(k, d)) * 4
+    ytr, yte = rng.integers(k, size=400), rng.integers(k, size=200)
+    xtr, xte = centres[ytr] + rng.normal(size=(400, d)), centres[yte] + rng.normal(size=(200, d))
+    res = linear_svm_probe(torch.from_numpy(xtr).float(), torch.from_numpy(ytr), xte, yte, C=0.01, seed=0)
+    assert res.accuracy >= 0.99
+    assert res.classes.tolist() == list(range(k))
+    manual = [np.mean(res.predictions[yte == c] == c) for c in range(k)]
+    np.testing.assert_allclose(res.class_accuracy, manual)
+    assert res.mean_class_accuracy == pytest.approx(np.mean(manual))
+    # random labels on random features: nothing to learn, test accuracy ≈ chance (1/k = 0.2)
+    noise = linear_svm_probe(rng.normal(size=(400, d)), ytr, rng.normal(size=(1000, d)), rng.integers(k, size=1000))
+    assert abs(noise.accuracy - 1 / k) < 0.06
+
+
+def test_linear_probe_absent_test_class_and_errors():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 4))
+    y = np.repeat([0, 1, 2], 20)
+    x[:, 0] += 5 * y
+    res = linear_svm_probe(x, y, x[y < 2], y[y < 2])
+    assert math.isnan(res.class_accuracy[2]) and not math.isnan(res.mean_class_accuracy)
+    with pytest.raises(ValueError, match="single class"):
+        linear_svm_probe(x, np.zeros(60), x, y)
+    with pytest.raises(ValueError, match="same D"):
+        linear_svm_probe(x, y, x[:, :3], y)
+    with pytest.raises(ValueError, match="NaN"):
+        linear_svm_probe(np.full_like(x, np.nan), y, x, y)
+
+
+def test_extract_global_features_all_input_kinds(gen):
+    torch.manual_seed(0)
+    net = PointNetSeg(num_outputs=4, width=0.125).train()
+    pts = torch.randn(10, 32, 3, generator=gen)
+    labels = torch.arange(10)
+    with torch.no_grad():
+        ref = net.eval()(pts)["global_feats"]
+    net.train()
+    feats, none = extract_global_features(net, pts, batch_size=3)
+    assert none is None and net.training  # mode restored
+    torch.testing.assert_close(feats, ref, atol=1e-5, rtol=1e-5)  # eval-mode BatchNorm: batch size irrelevant
+    feats2, lab2 = extract_global_features(net, (pts.numpy(), labels), batch_size=4)
+    torch.testing.assert_close(feats2, ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(lab2, labels)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(pts, labels), batch_size=4)
+    feats3, lab3 = extract_global_features(net, loader)
+    torch.testing.assert_close(feats3, ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(lab3, labels)
+    dicts = [{"points": pts[s:s + 5], "label": labels[s:s + 5]} for s in (0, 5)]
+    feats4, lab4 = extract_global_features(net, dicts)
+    torch.testing.assert_close(feats4, ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(lab4, labels) and not feats4.requires_grad
+    feats5, lab5 = extract_global_features(net, [pts[:5], pts[5:]])  # a list of two point batches, no labels
+    torch.testing.assert_close(feats5, ref, atol=1e-5, rtol=1e-5)
+    assert lab5 is None
+
+
+def test_mean_std():
+    m, s, text = mean_std([90.1, 91.3, 90.7])
+    assert m == pytest.approx(90.7)
+    assert s == pytest.approx(np.std([90.1, 91.3, 90.7], ddof=1))
+    assert text == "90.70 ± 0.60"
+    m1, s1, t1 = mean_std(torch.tensor([88.0]))
+    assert m1 == 88.0 and math.isnan(s1) and t1 == "88.00 (n=1)"
+    with pytest.raises(ValueError, match="non-finite"):
+        mean_std([1.0, float("nan")])
+    with pytest.raises(ValueError, match="no values"):
+        mean_std([])
