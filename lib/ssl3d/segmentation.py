@@ -40,15 +40,20 @@ class SparseSegmenter(nn.Module):
         self.head = nn.Linear(self.backbone.out_channels, self.num_classes)
 
 
-def to_sparse(batch: dict, backend: str | None = None) -> sp.SparseTensor:
-    """A :func:`ssl3d.data.datasets.collate_scenes` batch → SparseTensor (rows in the batch's order)."""
-    return sp.SparseTensor(batch["coords"], batch["feats"], backend=backend)
+def to_sparse(batch: dict, device=None, backend: str | None = None) -> sp.SparseTensor:
+    """A :func:`ssl3d.data.datasets.collate_scenes` batch → SparseTensor on ``device`` (rows in the batch's order)."""
+    return sp.SparseTensor(batch["coords"].to(device or "cpu"), batch["feats"].to(device or "cpu"), backend=backend)
+
+
+def _device(model: nn.Module):
+    return next(model.parameters()).device
 
 
 def segmentation_step(model: SparseSegmenter, batch: dict, ignore_index: int = -100) -> torch.Tensor:
     """Cross-entropy over the labelled voxels of a scene batch (``ignore_index`` voxels do not count)."""
-    logits = model(to_sparse(batch))  # (M, K)
-    return nn.functional.cross_entropy(logits, batch["labels"], ignore_index=ignore_index)
+    dev = _device(model)
+    logits = model(to_sparse(batch, dev))  # (M, K)
+    return nn.functional.cross_entropy(logits, batch["labels"].to(dev), ignore_index=ignore_index)
 
 
 @dataclass
@@ -77,7 +82,7 @@ def evaluate_segmentation(model: SparseSegmenter, dataset, ignore_index: int = -
         with torch.no_grad():
             for i in range(len(dataset)):
                 b = collate_scenes([dataset[i]])
-                pred = model(to_sparse(b)).argmax(1)[b["inverse"]]  # (N,) at the points
+                pred = model(to_sparse(b, _device(model))).argmax(1).cpu()[b["inverse"]]  # (N,) at the points
                 cm += confusion_matrix(pred, b["point_labels"], k, ignore_index)
                 preds.append(pred.numpy())
     finally:

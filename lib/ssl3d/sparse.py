@@ -268,8 +268,8 @@ class _CoordManager:
     convolution and by the transposed convolution that goes back (it uses ``.T``).
     """
 
-    def __init__(self, coords: torch.Tensor, stride: int):
-        self.maps: dict[int, _CoordMap] = {stride: _CoordMap(coords, stride)}
+    def __init__(self, cmap: _CoordMap):
+        self.maps: dict[int, _CoordMap] = {cmap.stride: cmap}
         self.kernel_maps: dict[tuple[int, int, int, int], _KernelMap] = {}
 
     def coarse(self, s_in: int, s_out: int) -> _CoordMap:
@@ -290,7 +290,7 @@ class _CoordManager:
             offsets = kernel_offsets(kernel_size, dilation)  # (K, 3) in input-grid steps
             rel = src.grid.relative(dst.coords)  # (M_out, 4) output coordinates in input-grid steps
             base = (rel * src.grid.mul).sum(1)  # (M_out,) their keys in the input's hash
-            # outputs lie in [min_in − (s_out/s_in − 1), max_in] per axis; offsets inside the margin cannot leave the box
+            # outputs lie in [min_in − (s_out/s_in − 1), max_in] per axis: offsets within the margin stay in the box
             slack = src.grid.margin - (s_out // s_in - 1)
             checked = int(offsets.max()) > src.grid.margin or int(offsets.min()) < -slack
             pairs = []
@@ -352,8 +352,8 @@ class _TorchOps:
     name = "torch"
 
     @staticmethod
-    def new(coords: torch.Tensor, feats: torch.Tensor, stride: int):
-        return _CoordManager(coords, stride)
+    def new(cmap: _CoordMap, feats: torch.Tensor):
+        return _CoordManager(cmap)
 
     @staticmethod
     def coords(x: SparseTensor) -> torch.Tensor:
@@ -384,11 +384,13 @@ class _TorchOps:
                        dilation: int) -> SparseTensor:
         mgr, s_in = x._handle, x.stride
         s_out = s_in // stride
-        if s_in % stride or s_out not in mgr.maps:
+        if s_in % stride:
+            raise ValueError(f"ConvTranspose3d(stride={stride}) cannot upsample a stride-{s_in} tensor")
+        if s_out not in mgr.maps:
             raise ValueError(
-                f"ConvTranspose3d(stride={stride}) on a stride-{s_in} tensor needs the stride-{s_in // stride or 1} "
-                f"coordinates in the tensor's coordinate cache (cached: strides {sorted(mgr.maps)}); upsample only "
-                "tensors that were produced by strided Conv3d layers from a finer tensor")
+                f"ConvTranspose3d(stride={stride}) on a stride-{s_in} tensor needs the stride-{s_out} coordinates in "
+                f"the tensor's coordinate cache (cached: strides {sorted(mgr.maps)}); upsample only tensors that were "
+                "produced by strided Conv3d layers from a finer tensor")
         kmap = mgr.kernel_map(s_out, s_in, kernel_size, dilation).T
         feats = _GatherMatmulScatter.apply(x.feats, kernel, kmap)
         return SparseTensor._wrap(feats, s_out, "torch", mgr)
@@ -409,12 +411,15 @@ class _MinkowskiOps:
     name = "minkowski"
 
     @staticmethod
-    def new(coords: torch.Tensor, feats: torch.Tensor, stride: int):
+    def new(cmap: _CoordMap, feats: torch.Tensor):
         ME = _require_me()
         if feats.device.type != "cpu" and not torch.cuda.is_available():
             raise ValueError("MinkowskiEngine here is a CPU build: keep the features on the CPU")
-        return ME.SparseTensor(feats, coordinates=coords.to(torch.int32), tensor_stride=stride,
-                               device=str(feats.device))
+        # ME's default coordinate manager calls omp_set_num_threads(min(cpu_count, 20)), which silently overrides
+        # torch.set_num_threads for the whole process (ME runs on torch's OpenMP runtime); keep the user's setting.
+        manager = ME.CoordinateManager(D=3, num_threads=torch.get_num_threads())
+        return ME.SparseTensor(feats, coordinates=cmap.coords.to(torch.int32), tensor_stride=cmap.stride,
+                               coordinate_manager=manager, device=str(feats.device))
 
     @staticmethod
     def coords(x: SparseTensor) -> torch.Tensor:
@@ -435,12 +440,11 @@ class _MinkowskiOps:
     @staticmethod
     def _apply(fn, x: SparseTensor, kernel, kernel_size, stride, dilation) -> SparseTensor:
         ME = _require_me()
-        from MinkowskiEngine.MinkowskiSparseTensor import _get_coordinate_map_key
-        from MinkowskiEngineBackend._C import ConvolutionMode
+        from MinkowskiEngineBackend._C import ConvolutionMode  # top-level package: importing it shadows nothing
 
         h = x._handle
         kg = _me_kernel_generator(kernel_size, stride, dilation)
-        out_key = _get_coordinate_map_key(h, None, expand_coordinates=kg.expand_coordinates)
+        out_key = ME.CoordinateMapKey(h.coordinate_map_key.get_coordinate_size())  # empty: ME fills it in
         feats = fn.apply(x.feats, kernel, kg, ConvolutionMode.DEFAULT, h.coordinate_map_key, out_key, h._manager)
         out = ME.SparseTensor(feats, coordinate_map_key=out_key, coordinate_manager=h._manager)
         return SparseTensor._wrap(feats, int(out.tensor_stride[0]), "minkowski", out)
@@ -449,17 +453,23 @@ class _MinkowskiOps:
     def conv(cls, x, kernel, kernel_size, stride, dilation) -> SparseTensor:
         if kernel_size == 1 and stride == 1:  # ME's own use_mm path
             return cls.replace(x, x.feats @ kernel[0])
-        from MinkowskiEngine.MinkowskiConvolution import MinkowskiConvolutionFunction
-
-        return cls._apply(MinkowskiConvolutionFunction, x, kernel, kernel_size, stride, dilation)
+        # ME's names, not `from MinkowskiEngine.MinkowskiConvolution import …`: ME imports its modules as top-level
+        # ones, and importing the submodule path would overwrite the class ME.MinkowskiConvolution with a module.
+        return cls._apply(_require_me().MinkowskiConvolutionFunction, x, kernel, kernel_size, stride, dilation)
 
     @classmethod
     def conv_transpose(cls, x, kernel, kernel_size, stride, dilation) -> SparseTensor:
-        from MinkowskiEngine.MinkowskiConvolution import MinkowskiConvolutionTransposeFunction
-
         if x.stride % stride:
             raise ValueError(f"ConvTranspose3d(stride={stride}) cannot upsample a stride-{x.stride} tensor")
-        return cls._apply(MinkowskiConvolutionTransposeFunction, x, kernel, kernel_size, stride, dilation)
+        s_out = x.stride // stride
+        if not x._handle.coordinate_manager._manager.get_coordinate_map_keys([s_out] * 3):
+            # ME would invent new fine sites (coarse + offsets); the torch backend cannot, so neither do we
+            raise ValueError(
+                f"ConvTranspose3d(stride={stride}) on a stride-{x.stride} tensor needs the stride-{s_out} coordinates "
+                "in the tensor's coordinate cache (ME coordinate manager); upsample only tensors that were produced "
+                "by strided Conv3d layers from a finer tensor")
+        fn = _require_me().MinkowskiConvolutionTransposeFunction
+        return cls._apply(fn, x, kernel, kernel_size, stride, dilation)
 
 
 _OPS = {"torch": _TorchOps, "minkowski": _MinkowskiOps}
@@ -523,9 +533,9 @@ class SparseTensor:
         if stride > 1 and bool((torch.remainder(c[:, 1:], stride) != 0).any()):
             raise ValueError(f"a stride-{stride} tensor needs x, y, z that are multiples of {stride}")
         c = c.to(f.device)
-        _CoordMap(c, stride)  # uniqueness check (cheap: one sort), identical for both backends
+        cmap = _CoordMap(c, stride)  # uniqueness check (one sort), identical for both backends
         self.feats, self.stride, self.backend = f, stride, backend
-        self._handle = _OPS[backend].new(c, f, stride)
+        self._handle = _OPS[backend].new(cmap, f)
         self._coords = c
 
     @classmethod

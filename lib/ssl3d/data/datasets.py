@@ -37,6 +37,7 @@ __all__ = [
     "RGBDFrameDataset",
     "collate_frames",
     "FixedSizeClouds",
+    "VoxelizedScenes",
 ]
 
 _SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -231,6 +232,37 @@ class SceneDataset(_Lazy):
                        labels=torch.from_numpy(d["semantic"]), ignore_index=self.ignore_index)
         return {"coords": v.coords, "feats": v.feats.float(), "labels": v.labels, "inverse": v.inverse,
                 "points": pts, "point_labels": torch.from_numpy(d["semantic"])}
+
+
+class VoxelizedScenes(Dataset):
+    """Adapt a reader of real scenes (``ssl3d.data.real.S3DIS`` / ``ScanNetScenes``: items with ``points``,
+    ``colors`` in [0, 1] and ``semantic``) to :class:`SceneDataset`'s items (voxelized, same keys)."""
+
+    def __init__(self, base, voxel_size: float = 0.05, features: str = "rgb", transform=None, seed: int = 0,
+                 num_classes: int | None = None, class_names=None, ignore_index: int = -100):
+        self.base, self.voxel_size, self.features, self.transform = base, voxel_size, features, transform
+        self.seed = seed
+        self.num_classes, self.class_names, self.ignore_index, self.epoch = num_classes, class_names, ignore_index, 0
+
+    def __len__(self):
+        return len(self.base)
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def __getitem__(self, i):
+        d = {k: np.asarray(v) for k, v in self.base[i].items() if k in ("points", "colors", "semantic")}
+        d["points"] = d["points"].astype(np.float32)
+        d["points"] = d["points"] - d["points"].min(0)
+        if self.transform is not None:
+            d = self.transform(d, np.random.default_rng(_seed("aug", self.seed, self.epoch, i)))
+        f = d["colors"].astype(np.float32) if self.features == "rgb" else np.ones((len(d["points"]), 1), np.float32)
+        pts = torch.from_numpy(np.ascontiguousarray(d["points"]))
+        lab = torch.from_numpy(d["semantic"].astype(np.int64))
+        v = G.voxelize(pts, self.voxel_size, feats=torch.from_numpy(np.ascontiguousarray(f)), labels=lab,
+                       ignore_index=self.ignore_index)
+        return {"coords": v.coords, "feats": v.feats.float(), "labels": v.labels, "inverse": v.inverse,
+                "points": pts, "point_labels": lab}
 
 
 def collate_scenes(batch: list[dict]) -> dict:

@@ -1,6 +1,6 @@
 """Res16UNet — the sparse residual U-Net of MinkowskiEngine / PointContrast ("SR-UNet"), on :mod:`ssl3d.sparse`.
 
-Layout (tensor strides in brackets; every conv is followed by BN + ReLU):
+Layout (tensor strides in brackets; the stem, every ↓ conv and every ↑ transposed conv is followed by BN + ReLU):
 
     conv0p1s1 k3 [1] ─────────────────────────────────────────────────────────────── cat → block8 → final 1×1 → out
       conv1p1s2 k2 ↓ [2] → block1 ───────────────────────────────────────── cat → block7 → convtr7p2s2 k2 ↑ [1]
@@ -203,7 +203,7 @@ class Res16UNet14A(Res16UNet14):
 
 @register("res16unet14tiny")
 class Res16UNet14Tiny(Res16UNet14):
-    """A small member for CPU smoke runs and tests: Res16UNet14 at a quarter of the width (0.50 M parameters, 3 → 32)."""
+    """A small member for CPU smoke runs and tests: Res16UNet14 at a quarter width (0.50 M parameters, 3 → 32)."""
 
     INIT_DIM = 8
     PLANES = (8, 16, 32, 64, 32, 32, 24, 24)
