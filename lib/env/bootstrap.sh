@@ -1,12 +1,13 @@
 # shellcheck shell=bash
 # Source from the repository root:  source lib/env/bootstrap.sh
 # Creates (or reuses) the project's virtual environment, installs the pinned CPU stack and ssl3d in editable
-# mode, builds MinkowskiEngine when asked (SSL3D_MINKOWSKI=1), then activates the environment.
+# mode, builds (or reuses a cached build of) MinkowskiEngine, then activates the environment.
 #
 # Environment variables:
 #   SSL3D_VENV       where the environment lives            (default: .venv)
 #   SSL3D_PYTHON     interpreter used to create it          (default: python3.11, else python3)
-#   SSL3D_MINKOWSKI  1 = build/install MinkowskiEngine, 0 = skip   (default: 0 until the sparse issue lands)
+#   SSL3D_MINKOWSKI  auto = build/install MinkowskiEngine, warn and go on with the pure-torch sparse backend
+#                    if that fails (default); 1 = required (fail if it cannot be built); 0 = skip
 #   SSL3D_REQUIREMENTS  pinned requirements file            (default: lib/env/requirements-cpu.txt)
 
 _ssl3d_bootstrap() {
@@ -39,9 +40,14 @@ _ssl3d_bootstrap() {
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . || return 1
     echo "$want" > "$stamp"
   fi
-  if [ "${SSL3D_MINKOWSKI:-0}" = "1" ]; then
-    PATH="$PWD/$venv/bin:$PATH" bash lib/env/build_minkowski.sh || return 1
-  fi
+  case "${SSL3D_MINKOWSKI:-auto}" in
+    1) PATH="$PWD/$venv/bin:$PATH" bash lib/env/build_minkowski.sh || return 1 ;;
+    auto) PATH="$PWD/$venv/bin:$PATH" bash lib/env/build_minkowski.sh || echo "bootstrap: WARNING — MinkowskiEngine \
+could not be built (see above); ssl3d.sparse falls back to its pure-PyTorch backend. SSL3D_MINKOWSKI=0 skips this \
+step; SSL3D_MINKOWSKI=1 makes it an error." >&2 ;;
+    0) ;;
+    *) echo "bootstrap: SSL3D_MINKOWSKI must be auto, 0 or 1 (got '${SSL3D_MINKOWSKI}')" >&2; return 1 ;;
+  esac
   # shellcheck disable=SC1091
   . "$venv/bin/activate"
 }
