@@ -17,12 +17,8 @@ BOTH = ["torch", pytest.param("minkowski", marks=pytest.mark.skipif(
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls gain nothing from threads and a second BLAS thread stalls when the shared cores are busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test here runs on one thread (see conftest.one_thread)."""
 
 
 def need_me():
