@@ -617,7 +617,6 @@ class Room:
     instance_semantic: np.ndarray  # (I,) int64
     instance_color: np.ndarray  # (I, 3) float in [0, 1]
     instance_texture: np.ndarray  # (I,) int64 texture kind
-    instance_part: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # unused, reserved
     size: np.ndarray = field(default_factory=lambda: np.zeros(3))
 
     @property
