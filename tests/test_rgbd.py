@@ -45,7 +45,7 @@ def test_plane_hand_case():
     pts, pix = R.backproject(depth, K)
     np.testing.assert_allclose(pts[:, 2], 2.0)
     uv, z = R.project(pts, K)
-    np.testing.assert_allclose(uv, pix[:, ::-1] + 0.5, atol=1e-9)
+    np.testing.assert_allclose(uv, pix[:, ::-1], atol=1e-9)  # pixel centres at integer coordinates
 
 
 def test_look_at_convention():

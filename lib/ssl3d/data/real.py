@@ -935,20 +935,18 @@ def backproject_depth(depth, K, pose=None, color=None) -> dict[str, np.ndarray]:
         ``{"points": (M, 3) float32, "uv": (M, 2) int64 pixel (u, v) of each point, "colors": (M, 3) float32
         in [0, 1] when color is given}``, pixels in row-major order.
     """
+    from ssl3d.data.rgbd import backproject  # the one implementation, shared with the synthetic RGB-D scans
+
     depth = np.asarray(depth)
     K = np.asarray(K, dtype=np.float64)
     if depth.ndim != 2 or K.shape != (3, 3):
         raise ValueError(f"need depth (H, W) and K (3, 3), got {depth.shape} and {K.shape}")
-    v, u = np.nonzero(np.isfinite(depth) & (depth > 0))  # (M,), (M,) row-major
-    z = depth[v, u].astype(np.float64)
-    x = (u - K[0, 2]) * z / K[0, 0]
-    y = (v - K[1, 2]) * z / K[1, 1]
-    pts = np.stack([x, y, z], 1)  # (M, 3) camera frame
     if pose is not None:
         pose = np.asarray(pose, dtype=np.float64)
         if not np.isfinite(pose).all():
             raise ValueError("pose contains inf/nan (ScanNet marks lost tracking with -inf): skip this frame")
-        pts = pts @ pose[:3, :3].T + pose[:3, 3]
+    pts, pix = backproject(depth, K, pose)  # (M, 3), (M, 2) = (row v, column u), row-major
+    v, u = pix[:, 0], pix[:, 1]
     out = {"points": pts.astype(np.float32), "uv": np.stack([u, v], 1).astype(np.int64)}
     if color is not None:
         color = np.asarray(color)

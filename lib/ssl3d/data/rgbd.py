@@ -1,7 +1,9 @@
 """RGB-D scans of procedural rooms by ray casting, and PointContrast-style view pairs.
 
-Camera convention (OpenCV / ScanNet): camera frame x right, y down, z forward; a pixel (u, v) with depth z is the
-camera-frame point ``z · K⁻¹ [u + ½, v + ½, 1]ᵀ`` (pixel centres); ``pose`` is the 4 × 4 camera-to-world
+Camera convention (OpenCV / ScanNet): camera frame x right, y down, z forward; the centre of pixel (u, v) = (column,
+row) sits at integer image coordinates, so a pixel with depth z is the camera-frame point ``z · K⁻¹ [u, v, 1]ᵀ`` —
+the convention of real calibrations (ScanNet, Middlebury), shared with :mod:`ssl3d.data.real`; ``pose`` is the 4 × 4
+camera-to-world
 transform, so ``x_world = R x_cam + t``.
 
 Ray casting (Möller–Trumbore) is written as three matrix products. For a ray o + t·d and a triangle
@@ -45,9 +47,9 @@ IGNORE = -100
 
 
 def intrinsics(width: int = 320, height: int = 240, fov_x_deg: float = 70.0) -> np.ndarray:
-    """Pinhole K (3, 3) with square pixels and the principal point at the image centre."""
+    """Pinhole K (3, 3) with square pixels and the principal point at the image centre ((W − 1)/2, (H − 1)/2)."""
     f = (width / 2) / math.tan(math.radians(fov_x_deg) / 2)
-    return np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], dtype=np.float64)
+    return np.array([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1]], dtype=np.float64)
 
 
 def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
@@ -70,7 +72,7 @@ def _pixel_rays(K: np.ndarray, width: int, height: int) -> torch.Tensor:
     """Camera-frame ray directions (H·W, 3) with z = 1, so that the ray parameter t is the depth."""
     v, u = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
                           indexing="ij")
-    pix = torch.stack([u.reshape(-1) + 0.5, v.reshape(-1) + 0.5, torch.ones(height * width, dtype=torch.float64)], 1)
+    pix = torch.stack([u.reshape(-1), v.reshape(-1), torch.ones(height * width, dtype=torch.float64)], 1)
     return pix @ torch.from_numpy(np.linalg.inv(K)).T  # (R, 3)
 
 
@@ -175,7 +177,7 @@ def backproject(depth: np.ndarray, K: np.ndarray, pose: np.ndarray | None = None
     v, u = np.nonzero(np.isfinite(depth) & (depth > 0))
     z = depth[v, u].astype(np.float64)
     Kinv = np.linalg.inv(np.asarray(K, dtype=np.float64))
-    pix = np.stack([u + 0.5, v + 0.5, np.ones_like(z)], 1)
+    pix = np.stack([u, v, np.ones_like(z)], 1)
     pts = (pix @ Kinv.T) * z[:, None]
     if pose is not None:
         pts = pts @ pose[:3, :3].T + pose[:3, 3]
@@ -184,7 +186,7 @@ def backproject(depth: np.ndarray, K: np.ndarray, pose: np.ndarray | None = None
 
 def project(points, K, pose=None):
     """World (or camera, if ``pose`` is None) points (N, 3) → pixel coordinates (N, 2) as (u, v) floats in
-    the continuous image plane (pixel (i, j) covers [j, j+1) × [i, i+1)) and camera depth z (N,)."""
+    the continuous image plane (the centre of pixel (row i, column j) is at (u, v) = (j, i)) and camera depth z (N,)."""
     p = np.asarray(points, dtype=np.float64)
     if pose is not None:
         R, t = pose[:3, :3], pose[:3, 3]
