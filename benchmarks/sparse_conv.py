@@ -2,37 +2,44 @@
 
 Scene: a procedural room (floor, four walls, a table, a cabinet, a bed-like block, a stool — boxes without bottoms),
 rotated 17° about the vertical so walls do not align with the grid, sampled at 15 000 points/m² with 1 mm noise and
-voxelized at 2 cm with ``ssl3d.sparse.sparse_quantize`` → ≈150 k voxels.
+voxelized at 2 cm with ``ssl3d.sparse.sparse_quantize`` → 156 k voxels.
 
-Printed in one run:
-  1. per op — SubM conv 32→32 k3, strided conv 32→32 k2 s2, transposed conv 32→32 k2 s2 — and for a Res16UNet34C
+Printed in one run, each ratio with its target beside it (issue 16):
+  1. per op — SubM conv 32→32 k3, strided conv 32→32 k2 s2, transposed conv 32→32 k2 s2 — and a Res16UNet34C
      training step (forward, loss, backward, SGD step): time of each backend and the ratio torch / MinkowskiEngine,
-     peak memory of each backend and the ratio. Times: forward + backward on a fresh input tensor (so kernel maps
-     are built inside the timed region, as in training; building the input tensor itself is not timed); minimum
-     over interleaved repetitions (robust to other processes on the shared cores), median beside it.
+     peak memory of each backend and the ratio. Target: U-Net step ≤ 0.8× ME's time at ≤ 1.2× its peak memory
+     (the single ops are reported without a target).
+     Times: forward + backward on a fresh input tensor (so kernel maps are built inside the timed region, as in
+     training; building the input tensor itself is not timed); the minimum over repetitions in which the two
+     backends alternate (robust to other processes on the shared cores), the median beside it. The CPU time of the
+     process (``time.process_time``, all threads) is printed too: on cores shared with other jobs it moves far less
+     than wall time, and with one thread it is the work each backend does.
      Peak memory: one fresh subprocess per (op, backend) measurement (median of 3 in full mode); after setup
      (scene, modules, input tensor) the process calls malloc_trim, reads its resident set size (VmRSS), resets the
      kernel's peak-RSS counter (writing 5 to /proc/self/clear_refs) and runs the op once; peak = VmHWM − VmRSS
      before. This counts every allocation (PyTorch's and MinkowskiEngine's C++ kernel maps alike); where
      clear_refs is not writable it falls back to the ``resource.getrusage`` ru_maxrss delta (printed).
-  2. MinkowskiEngine's effective GFLOP/s for the 32→32 3×3×3 SubM conv forward with cached kernel maps,
-     2 · pairs · C_in · C_out / time, divided by dense ``torch.matmul`` GFLOP/s on the same per-offset GEMMs
-     (pairs_k × 32 @ 32 × 32, operands already gathered) — the fraction of the GEMM roofline (the torch backend's
-     number beside it).
-  3. Res16UNet34C forward (eval, no grad) and forward + backward voxels / second, both backends.
+  2. The SubM conv 32→32 k3 forward with cached kernel maps: effective GFLOP/s (2 · pairs · C_in · C_out / time)
+     of each backend divided by the rate of the same per-offset GEMMs done by ``torch.mm`` on operands that are
+     already gathered (pairs_k × 32 @ 32 × 32, outputs preallocated: the GEMMs alone, no gather, no scatter, no
+     allocation) — the fraction of the per-offset GEMM rate. Target: torch backend ≥ 0.6.
+  3. Res16UNet34C forward (eval, no grad) and training-step voxels / second, both backends.
 
-    .venv/bin/python benchmarks/sparse_conv.py           # full: all on the 150 k-voxel scene, 3 repetitions
-    .venv/bin/python benchmarks/sparse_conv.py --quick   # ops on the full scene (2 reps); the U-Net on a 20 k-voxel
-                                                         # crop (the voxels nearest a room corner); < 2 min
-    .venv/bin/python benchmarks/sparse_conv.py --quick --threads 2   # both cores (only meaningful on idle cores)
+The table is also written (atomically) to ``benchmarks/results/sparse_conv.md``, one section per (mode, threads),
+naming the CPU model, the thread count and the load average; README's performance table is copied from there.
+
+    .venv/bin/python benchmarks/sparse_conv.py                # full: everything on the 156 k-voxel scene, 3 reps
+    .venv/bin/python benchmarks/sparse_conv.py --threads 2    # both cores
+    .venv/bin/python benchmarks/sparse_conv.py --quick        # ops on the full scene (2 reps); the U-Net on a 20 k-
+                                                              # voxel crop (the voxels nearest a room corner); < 3 min
 
 Threads: ``--threads`` (default 1) for torch and OpenMP, ``--blas-threads`` (default 1) for the OpenBLAS that only
 MinkowskiEngine's CPU build uses; both are set before torch is imported. (ssl3d's minkowski backend also stops ME's
-coordinate manager from resetting OpenMP to all cores.) One thread is the default because on a 2-core machine
-shared with other jobs a 2-thread OpenMP region waits for a descheduled thread; the torch backend opens ~100 such
-regions per convolution (a gather, GEMM and scatter per kernel offset) against MinkowskiEngine's few, so 2-thread
-ratios measured on busy cores mostly measure the scheduler (we saw 1–30× swings between runs). On idle cores,
-``--threads 2`` is meaningful.
+coordinate manager from resetting OpenMP to all cores.) On a 2-core machine shared with other jobs a 2-thread
+OpenMP region waits for a descheduled thread, so 2-thread wall times swing between runs; compare the ratios, which
+are measured in the same run with the backends alternating.
+
+What the torch backend does to be fast is explained in ``ssl3d/sparse/torch_ops.py``'s module docstring.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import gc
 import json
 import math
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -65,7 +73,7 @@ def _int_from_argv(flag: str, default: int) -> int:
 THREADS = _int_from_argv("--threads", 1)
 BLAS_THREADS = _int_from_argv("--blas-threads", 1)
 # torch: intra-op OpenMP + MKL. MinkowskiEngine's CPU kernels: the same OpenMP runtime + system OpenBLAS.
-os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(THREADS)
+os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = os.environ["SSL3D_THREADS"] = str(THREADS)
 os.environ["OPENBLAS_NUM_THREADS"] = str(BLAS_THREADS)
 
 import torch  # noqa: E402
@@ -76,7 +84,11 @@ from ssl3d.models.sparse_unet import Res16UNet34C  # noqa: E402
 OPS = ("subm", "strided", "transposed", "unet")
 OP_NAMES = {"subm": "SubM conv 32→32 k3", "strided": "strided conv 32→32 k2 s2",
             "transposed": "transposed conv 32→32 k2 s2", "unet": "Res16UNet34C train step"}
+TIME_TARGET = {"unet": 0.8}  # torch / ME time, at most
+MEMORY_TARGET = {"unet": 1.2}  # torch / ME peak memory, at most
+GEMM_TARGET = 0.6  # fraction of the per-offset GEMM rate, at least
 CHANNELS = 32
+RESULTS = Path(__file__).resolve().parent / "results" / "sparse_conv.md"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -161,19 +173,19 @@ def run_once(op: str, x: sp.SparseTensor, mods) -> None:
 
 
 def time_ops(ops, coords_for, backends, reps: int, warm: int = 1):
-    """{(op, backend): [seconds per rep]} with backends interleaved inside every repetition."""
+    """{(op, backend): [(wall s, CPU s) per rep]}, the backends alternating inside every repetition."""
     out = {(op, b): [] for op in ops for b in backends}
     mods = {(op, b): build_modules(op) for op in ops for b in backends}
     for op in ops:
         for r in range(warm + reps):
-            for b in backends:
+            for b in (backends if r % 2 == 0 else backends[::-1]):  # alternate who goes first
                 x = make_input(op, coords_for[op], b, mods[op, b], seed=r)
                 gc.collect()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 run_once(op, x, mods[op, b])
-                dt = time.perf_counter() - t0
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
                 if r >= warm:
-                    out[op, b].append(dt)
+                    out[op, b].append((dt, dc))
                 del x
     return out
 
@@ -223,42 +235,39 @@ def measure_memory(op: str, backend: str, scene: str, threads: int) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# GEMM roofline
+# Fraction of the per-offset GEMM rate
 # ----------------------------------------------------------------------------------------------------------
-def _best(fn, reps: int) -> float:
-    fn()
-    best = math.inf
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def roofline(coords: torch.Tensor, reps: int) -> dict:
-    """Effective GFLOP/s of the cached-map SubM conv forward (both backends) and of the same GEMMs done densely."""
+def gemm_fraction(coords: torch.Tensor, reps: int) -> dict:
+    """Effective GFLOP/s of the cached-map SubM conv forward (both backends) and of its per-offset GEMMs alone."""
     torch.manual_seed(0)
     conv = sp.Conv3d(CHANNELS, CHANNELS, 3)
     feats = torch.rand(len(coords), CHANNELS)
-    res = {}
     with torch.no_grad():
         xt, _ = sp.batch_sparse([(coords, feats)], backend="torch")
-        conv(xt)  # builds and caches the kernel map
-        kmap = xt._handle.kernel_maps[(1, 1, 3, 1)]
-        sizes = [len(coords) if i is None else i.numel() for _, i, _ in kmap.pairs]  # pairs per offset
-        pairs = sum(sizes)
-        flop = 2.0 * pairs * CHANNELS * CHANNELS
-        res["pairs"], res["sites"] = pairs, len(coords)
-        res["torch_gflops"] = flop / _best(lambda: conv(xt), reps) / 1e9
-        if sp.minkowski_available():
-            xm, _ = sp.batch_sparse([(coords, feats)], backend="minkowski")
-            conv(xm)
-            res["me_gflops"] = flop / _best(lambda: conv(xm), reps) / 1e9
-        a = [torch.rand(n, CHANNELS) for n in sizes]  # already gathered operands
+        xm, _ = sp.batch_sparse([(coords, feats)], backend="minkowski")
+        conv(xt), conv(xm)  # build and cache the kernel maps
+        kmap = xt.sites.manager.kernel_maps[(1, 1, 3, 1)]
+        sizes = [i.numel() for _, i, _ in kmap.pairs] + [len(coords)]  # pairs per offset, the centre last
+        flop = 2.0 * sum(sizes) * CHANNELS * CHANNELS
         w = torch.rand(len(sizes), CHANNELS, CHANNELS)
-        res["dense_gflops"] = flop / _best(lambda: [ak @ w[k] for k, ak in enumerate(a)], reps) / 1e9
-        big = torch.rand(len(coords), CHANNELS)
-        res["dense_one_gemm_gflops"] = 2.0 * len(coords) * CHANNELS**2 / _best(lambda: big @ w[0], reps) / 1e9
+        a = [torch.rand(n, CHANNELS) for n in sizes]  # operands already gathered …
+        c = [torch.empty(n, CHANNELS) for n in sizes]  # … and outputs already allocated
+
+        def gemms():
+            for k, (ak, ck) in enumerate(zip(a, c)):
+                torch.mm(ak, w[k], out=ck)
+
+        fns = {"torch": lambda: conv(xt), "minkowski": lambda: conv(xm), "gemm": gemms}
+        best = {n: math.inf for n in fns}
+        for fn in fns.values():
+            fn()  # warm-up
+        for _ in range(reps):
+            for n, fn in fns.items():  # interleaved: all three see the same machine load
+                t0 = time.perf_counter()
+                fn()
+                best[n] = min(best[n], time.perf_counter() - t0)
+    res = {f"{n}_gflops": flop / t / 1e9 for n, t in best.items()}
+    res["pairs"], res["sites"] = sum(sizes), len(coords)
     return res
 
 
@@ -267,14 +276,99 @@ def unet_forward_rate(coords: torch.Tensor, backends, reps: int) -> dict:
     torch.manual_seed(0)
     net = Res16UNet34C(3, 32).eval()
     feats = torch.rand(len(coords), 3)
-    out = {}
+    best = dict.fromkeys(backends, math.inf)
     with torch.no_grad():
-        for b in backends:
-            def fwd(b=b):
+        for _ in range(reps):
+            for b in backends:
                 x, _ = sp.batch_sparse([(coords, feats)], backend=b)
+                t0 = time.perf_counter()
                 net(x)
-            out[b] = len(coords) / _best(fwd, reps)
-    return out
+                best[b] = min(best[b], time.perf_counter() - t0)
+    return {b: len(coords) / t for b, t in best.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _verdict(value: float, target: float | None, at_most: bool) -> str:
+    if target is None:
+        return "—"
+    ok = value <= target if at_most else value >= target
+    return f"{'≤' if at_most else '≥'} {target:g} {'✓' if ok else '✗ MISSED'}"
+
+
+def report(args, scene_n: int, net_n: int, times, mem, mem_reps: int, gf: dict, fwd: dict, load: str) -> str:
+    """The markdown table of this run (printed and written to RESULTS)."""
+    ms = lambda v: f"{v * 1e3:,.0f}"  # noqa: E731
+    lines = [
+        f"Machine: {cpu_model()}, {os.cpu_count()} logical CPUs; {args.threads} thread(s) for torch/OpenMP, "
+        f"OpenBLAS {BLAS_THREADS} (ME); torch {torch.__version__}, MinkowskiEngine "
+        f"{sp.backend.import_minkowski().__version__}; load average at start {load}; mode: "
+        f"{'quick' if args.quick else 'full'} (ops on {scene_n:,} voxels, U-Net on {net_n:,} voxels).",
+        "",
+        "| forward + backward, fresh kernel maps | torch ms | ME ms | time torch/ME | target | CPU-time torch/ME "
+        "| torch MB | ME MB | memory torch/ME | target |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for op in OPS:
+        tt, tm = times[op, "torch"], times[op, "minkowski"]
+        wall_t, wall_m = min(t for t, _ in tt), min(t for t, _ in tm)
+        cpu_t, cpu_m = min(c for _, c in tt), min(c for _, c in tm)
+        mt, mm = mem[op, "torch"]["peak_mb"], mem[op, "minkowski"]["peak_mb"]
+        lines.append(
+            f"| {OP_NAMES[op]} | {ms(wall_t)} ({ms(statistics.median(t for t, _ in tt))}) "
+            f"| {ms(wall_m)} ({ms(statistics.median(t for t, _ in tm))}) | **{wall_t / wall_m:.2f}** "
+            f"| {_verdict(wall_t / wall_m, TIME_TARGET.get(op), True)} | {cpu_t / cpu_m:.2f} | {mt:,.0f} | {mm:,.0f} "
+            f"| **{mt / max(mm, 1e-9):.2f}** | {_verdict(mt / max(mm, 1e-9), MEMORY_TARGET.get(op), True)} |")
+    ft, fm = gf["torch_gflops"] / gf["gemm_gflops"], gf["minkowski_gflops"] / gf["gemm_gflops"]
+    lines += [
+        "",
+        f"Times: min over {len(times['subm', 'torch'])} (ops) / {len(times['unet', 'torch'])} (U-Net) repetitions, "
+        "backends alternating, median in brackets; CPU time of the process. Peak memory: "
+        f"{mem['subm', 'torch']['method']} in a fresh subprocess, median of {mem_reps}.",
+        "",
+        "| SubM conv 32→32 k3 forward, cached kernel maps | GFLOP/s | fraction of the per-offset GEMM rate "
+        "| target |",
+        "|---|---:|---:|---|",
+        f"| per-offset GEMMs alone (torch.mm, operands gathered) | {gf['gemm_gflops']:.1f} | 1 | |",
+        f"| torch backend | {gf['torch_gflops']:.1f} | **{ft:.2f}** | {_verdict(ft, GEMM_TARGET, False)} |",
+        f"| MinkowskiEngine | {gf['minkowski_gflops']:.1f} | {fm:.2f} | |",
+        "",
+        f"{gf['sites']:,} sites, {gf['pairs']:,} pairs ({gf['pairs'] / gf['sites']:.1f} per site). Res16UNet34C on "
+        f"{net_n:,} voxels, voxels/s — forward (eval, no grad): torch {fwd['torch']:,.0f}, ME "
+        f"{fwd['minkowski']:,.0f}; training step: torch {net_n / min(t for t, _ in times['unet', 'torch']):,.0f}, "
+        f"ME {net_n / min(t for t, _ in times['unet', 'minkowski']):,.0f}.",
+    ]
+    return "\n".join(lines)
+
+
+def write_results(section: str, body: str) -> None:
+    """Replace this run's section of RESULTS (other sections stay), writing a temporary file and renaming it."""
+    head = ("# Sparse convolution: torch backend vs MinkowskiEngine\n\n"
+            "Written by `benchmarks/sparse_conv.py` (one section per mode and thread count, replaced by the latest "
+            "run of that kind); README's performance table is copied from here.\n")
+    sections = {}
+    if RESULTS.exists():
+        text = RESULTS.read_text()
+        for part in text.split("<!-- run: ")[1:]:
+            key, rest = part.split(" -->\n", 1)
+            sections[key] = rest.split("<!-- end -->")[0]
+    sections[section] = f"\n## {section}\n\n{body}\n\n"
+    out = head + "".join(f"\n<!-- run: {k} -->{v}<!-- end -->\n" for k, v in sorted(sections.items()))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=RESULTS.parent, prefix=".sparse_conv.", delete=False) as f:
+        f.write(out)
+    os.replace(f.name, RESULTS)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -282,14 +376,14 @@ def unet_forward_rate(coords: torch.Tensor, backends, reps: int) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions, U-Net on a 20 k-voxel crop (< 2 min)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="threads for torch and OpenMP (default 1: on cores shared with other jobs, "
-                         "2-thread OpenMP regions stall for scheduler time slices and the timings become noise)")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions, U-Net on a 20 k-voxel crop (< 3 min)")
+    ap.add_argument("--threads", type=int, default=1, help="threads for torch and OpenMP (default 1)")
     ap.add_argument("--blas-threads", type=int, default=1,
                     help="OpenBLAS threads, used only by MinkowskiEngine (default 1: ME calls BLAS inside its OpenMP "
                          "regions, and nested BLAS threads oversubscribe the cores — measured on 2 cores with "
                          "--threads 2: U-Net step 1.80 s with 2 BLAS threads, 1.33 s with 1)")
+    ap.add_argument("--no-write", action="store_true", help=f"do not update {RESULTS.relative_to(Path.cwd())}"
+                    if RESULTS.is_relative_to(Path.cwd()) else "do not update the results file")
     ap.add_argument("--_memory", nargs=3, metavar=("OP", "BACKEND", "SCENE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -298,6 +392,7 @@ def main() -> None:
         return
 
     t_start = time.perf_counter()
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
     if not sp.minkowski_available():
         raise SystemExit("MinkowskiEngine does not import: build it with `bash lib/env/build_minkowski.sh` "
                          "(or SSL3D_MINKOWSKI=1) — this benchmark compares the torch backend against it")
@@ -306,15 +401,11 @@ def main() -> None:
     scene = make_scene()
     net_scene = make_scene(crop=20_000) if args.quick else scene
     coords_for = {"subm": scene, "strided": scene, "transposed": scene, "unet": net_scene}
-    print(f"scene: {len(scene):,} voxels at 2 cm (room {room_points().shape[0]:,} points); U-Net input: "
-          f"{len(net_scene):,} voxels{' (corner crop)' if args.quick else ''}")
-    print(f"threads: {torch.get_num_threads()} (torch, OpenMP), OpenBLAS {os.environ['OPENBLAS_NUM_THREADS']} (ME); "
-          f"torch {torch.__version__}, MinkowskiEngine {sp._import_me().__version__}; mode: "
-          f"{'quick' if args.quick else 'full'}")
+    print(f"scene: {len(scene):,} voxels at 2 cm; U-Net input: {len(net_scene):,} voxels"
+          f"{' (corner crop)' if args.quick else ''}; threads {args.threads}; load average {load}", flush=True)
 
     times = time_ops(OPS[:3], coords_for, backends, reps_op)
     times.update(time_ops(OPS[3:], coords_for, backends, reps_net))
-
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "scene.pt")
         torch.save(coords_for, path)
@@ -324,35 +415,16 @@ def main() -> None:
             for b in backends:
                 runs = [measure_memory(op, b, path, args.threads) for _ in range(mem_reps)]
                 mem[op, b] = {"peak_mb": statistics.median(r["peak_mb"] for r in runs), "method": runs[0]["method"]}
-
-    print("\n1. time (forward + backward, fresh kernel maps; min over reps, median in brackets) and peak memory")
-    print(f"   {'op':30s} {'torch ms':>17s} {'ME ms':>17s} {'torch/ME':>9s} {'torch MB':>9s} {'ME MB':>8s} "
-          f"{'torch/ME':>9s}")
-    for op in OPS:
-        tt, tm = times[op, "torch"], times[op, "minkowski"]
-        mt, mm = mem[op, "torch"]["peak_mb"], mem[op, "minkowski"]["peak_mb"]
-        print(f"   {OP_NAMES[op]:30s} {min(tt) * 1e3:8.0f} ({statistics.median(tt) * 1e3:6.0f}) "
-              f"{min(tm) * 1e3:8.0f} ({statistics.median(tm) * 1e3:6.0f}) {min(tt) / min(tm):9.2f} "
-              f"{mt:9.1f} {mm:8.1f} {mt / max(mm, 1e-9):9.2f}")
-    print(f"   peak memory: {mem['subm', 'torch']['method']} in one fresh subprocess per measurement, median of "
-          f"{mem_reps} (RSS peaks move by ~10-20 % between runs: allocator and page reuse)")
-
-    rf = roofline(scene, reps=3 if args.quick else 5)
-    print(f"\n2. SubM conv 32→32 k3 forward, cached kernel maps: {rf['sites']:,} sites, {rf['pairs']:,} pairs "
-          f"({rf['pairs'] / rf['sites']:.1f} per site)")
-    print(f"   MinkowskiEngine {rf['me_gflops']:6.1f} GFLOP/s | torch backend {rf['torch_gflops']:6.1f} GFLOP/s | "
-          f"dense matmul, same per-offset GEMMs {rf['dense_gflops']:6.1f} GFLOP/s "
-          f"(one {rf['sites']:,}×32 @ 32×32 GEMM: {rf['dense_one_gemm_gflops']:.1f})")
-    print(f"   fraction of the GEMM roofline: MinkowskiEngine {rf['me_gflops'] / rf['dense_gflops']:.2f}, "
-          f"torch backend {rf['torch_gflops'] / rf['dense_gflops']:.2f}")
-
+    gf = gemm_fraction(scene, reps=3 if args.quick else 5)
     fwd = unet_forward_rate(net_scene, backends, reps=reps_net)
-    n = len(net_scene)
-    print(f"\n3. Res16UNet34C on {n:,} voxels (3 → 32 channels), voxels / second")
-    for b in backends:
-        train = n / min(times["unet", b])
-        print(f"   {b:10s} forward (eval, no grad) {fwd[b]:10,.0f}   forward + backward + SGD step {train:10,.0f}")
-    print(f"\ntotal benchmark time {time.perf_counter() - t_start:.0f} s")
+
+    table = report(args, len(scene), len(net_scene), times, mem, mem_reps, gf, fwd, load)
+    print("\n" + table)
+    if not args.no_write:
+        write_results(f"{'quick' if args.quick else 'full'}, {args.threads} thread{'s' * (args.threads > 1)}",
+                      table)
+        print(f"\nwritten to {RESULTS}")
+    print(f"total benchmark time {time.perf_counter() - t_start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -101,8 +101,8 @@ def test_backend_selection(monkeypatch):
 
 
 def test_missing_minkowski_error_says_how_to_build(monkeypatch):
-    monkeypatch.setattr(sp, "_me_module", None)
-    monkeypatch.setattr(sp, "_me_error", ImportError("No module named 'MinkowskiEngine'"))
+    monkeypatch.setattr(sp.backend, "_me_module", None)
+    monkeypatch.setattr(sp.backend, "_me_error", ImportError("No module named 'MinkowskiEngine'"))
     monkeypatch.delenv(sp.ENV_VAR, raising=False)
     assert not sp.minkowski_available()
     assert sp.get_backend() == "torch"  # auto falls back
