@@ -28,20 +28,19 @@ integer pixel coordinates are pixel centres. Some readers add a few documented e
 for ScanObjectNN, ``nyu40`` for ScanNet, ``uv`` pixel coordinates for back-projected frames) and string
 keys (``scene``, ``room``, ``category``...).
 
-PLY and OFF parsing is written here (no ``plyfile``): :func:`read_ply` handles ascii and binary
-(little/big endian) PLY with any scalar and list properties; :func:`read_off` handles OFF meshes including
-ModelNet's fused ``OFF1234 5678 0`` header.
+The file formats (PLY, OFF, HDF5, numeric text tables, matrices) are parsed in :mod:`ssl3d.data.formats`;
+:func:`read_ply`, :func:`read_off` and :class:`CorruptFileError` are re-exported here.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import textwrap
-import warnings
 from pathlib import Path
 
 import numpy as np
+
+from ssl3d.data.formats import CorruptFileError, read_h5, read_matrix, read_off, read_ply, read_table
 
 __all__ = [
     "DatasetNotFoundError",
@@ -67,6 +66,7 @@ __all__ = [
     "ScanObjectNN",
     # ScanNet v2
     "SCANNET_LAYOUT",
+    "SCANNET_SUBSETS",
     "SCANNET_VALID_CLASS_IDS",
     "SCANNET20_CLASSES",
     "nyu40_to_scannet20",
@@ -97,19 +97,8 @@ class DatasetNotFoundError(FileNotFoundError):
     """The dataset folder is missing or incomplete. The message shows the expected tree and the source."""
 
 
-class CorruptFileError(ValueError):
-    """A file of the dataset exists but cannot be read (truncated, wrong format, wrong number of columns).
-
-    ``path`` is the offending file; the message starts with it.
-    """
-
-    def __init__(self, path, problem: str):
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
-
-    def __reduce__(self):  # keep the two-argument constructor picklable (DataLoader workers re-raise errors)
-        return type(self), (self.path, self.problem)
+# CorruptFileError (a file exists but cannot be read) is raised by the parsers, so it is defined next to them in
+# ssl3d.data.formats and imported above: ``real.CorruptFileError is formats.CorruptFileError``.
 
 
 def _not_found(dataset: str, root, missing: list[str], layout: str, source: str) -> DatasetNotFoundError:
@@ -132,300 +121,6 @@ def _check_layout(dataset: str, root, required: list[str], layout: str, source: 
     if missing:
         raise _not_found(dataset, root, missing, layout, source)
     return root
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Small file helpers: HDF5, numeric text tables
-# ----------------------------------------------------------------------------------------------------------
-def _read_h5(path: Path, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """Read whole datasets from an HDF5 file; a truncated/corrupt file or a missing key names the file."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            missing = [k for k in required if k not in f]
-            if missing:
-                raise CorruptFileError(path, f"has no dataset {missing} (it holds {sorted(f.keys())}); "
-                                             f"is it the right file?")
-            return {k: f[k][()] for k in (*required, *(k for k in optional if k in f))}
-    except CorruptFileError:
-        raise
-    except (OSError, KeyError, ValueError, RuntimeError) as e:
-        raise CorruptFileError(path, f"cannot be read as HDF5 ({e}); the file is truncated or corrupt — "
-                                     f"extract it again from the archive") from e
-
-
-_NON_NUMERIC = re.compile(r"[^0-9eE+\-.\s]")
-
-
-def _read_table(path: Path, ncols: int, columns: str, tolerant: bool = False) -> np.ndarray:
-    """Read a whitespace-separated numeric text file with exactly ``ncols`` values per line → (N, ncols) float64.
-
-    ``tolerant=True`` deletes non-numeric characters inside a line (and warns naming the file and lines);
-    otherwise such a line raises :class:`CorruptFileError` with its line number. Blank lines are skipped.
-    """
-    try:
-        text = Path(path).read_bytes().decode("latin-1")  # latin-1 maps every byte to a character: never fails
-    except OSError as e:
-        raise CorruptFileError(path, f"cannot be read ({e})") from e
-    lines = text.split("\n")  # not splitlines(): that also splits on \x1c-\x1e, \x85, which are not line ends
-    n_rows = sum(1 for ln in lines if ln.strip())
-    tokens = text.split()
-    if len(tokens) == ncols * n_rows:  # fast path: one vectorised conversion
-        try:
-            return np.array(tokens, dtype=np.float64).reshape(n_rows, ncols)
-        except ValueError:
-            pass  # a non-numeric token somewhere: find it line by line below
-    rows, repaired = [], []
-    for i, ln in enumerate(lines, start=1):
-        toks = ln.split()
-        if not toks:
-            continue
-        try:
-            vals = [float(t) for t in toks]
-        except ValueError:
-            if not tolerant:
-                raise CorruptFileError(path, f"line {i} is not numeric: {ln.strip()[:80]!r}") from None
-            toks = _NON_NUMERIC.sub("", ln).split()
-            try:
-                vals = [float(t) for t in toks]
-            except ValueError:
-                raise CorruptFileError(path, f"line {i} is not numeric: {ln.strip()[:80]!r}") from None
-            repaired.append(i)
-        if len(vals) != ncols:
-            raise CorruptFileError(path, f"line {i} has {len(vals)} values but {ncols} are expected ({columns})")
-        rows.append(vals)
-    if repaired:
-        warnings.warn(f"{path}: removed non-numeric characters from line(s) {repaired[:10]}", stacklevel=3)
-    if not rows:
-        raise CorruptFileError(path, f"is empty (expected rows of {columns})")
-    return np.asarray(rows, dtype=np.float64)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# PLY
-# ----------------------------------------------------------------------------------------------------------
-_PLY_TYPES = {
-    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
-    "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
-    "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
-}
-
-
-def read_ply(path) -> dict[str, dict[str, np.ndarray]]:
-    """Read a PLY file (``ascii``, ``binary_little_endian`` or ``binary_big_endian``) into plain arrays.
-
-    Returns ``{element name: {property name: array}}`` in file order, e.g. for ScanNet's
-    ``*_vh_clean_2.labels.ply``::
-
-        {"vertex": {"x": (V,) float32, ..., "red": (V,) uint8, ..., "label": (V,) uint16},
-         "face":   {"vertex_indices": (F, 3) int32}}
-
-    Scalar properties keep their PLY type. A list property (``property list uchar int vertex_indices``) is a
-    (count, k) array when every row has the same length k, otherwise a 1-D object array of per-row arrays.
-    Comments are skipped. Raises :class:`CorruptFileError` naming the file when the header is malformed or the
-    body is truncated.
-    """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise CorruptFileError(path, f"cannot be read ({e})") from e
-    if not data.startswith(b"ply"):
-        raise CorruptFileError(path, "is not a PLY file (it does not start with 'ply')")
-    end = data.find(b"end_header")
-    if end < 0:
-        raise CorruptFileError(path, "PLY header has no 'end_header' line: the file is truncated or not PLY")
-    body_start = data.find(b"\n", end) + 1
-    if body_start == 0:
-        body_start = len(data)
-    fmt, elements = None, []  # elements: [name, count, [(prop, dtype) or (prop, cnt_t, item_t)]]
-    for ln in data[:end].decode("ascii", errors="replace").splitlines()[1:]:
-        w = ln.split()
-        if not w:
-            continue
-        try:
-            if w[0] == "format":
-                fmt = w[1]
-            elif w[0] in ("comment", "obj_info"):
-                continue
-            elif w[0] == "element":
-                elements.append([w[1], int(w[2]), []])
-            elif w[0] == "property" and w[1] == "list":
-                elements[-1][2].append((w[4], _PLY_TYPES[w[2]], _PLY_TYPES[w[3]]))
-            elif w[0] == "property":
-                elements[-1][2].append((w[2], _PLY_TYPES[w[1]]))
-            else:
-                raise ValueError(f"unknown keyword {w[0]!r}")
-        except (IndexError, KeyError, ValueError) as e:
-            raise CorruptFileError(path, f"malformed PLY header line {ln!r} ({e})") from None
-    if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
-        raise CorruptFileError(path, f"unsupported PLY format {fmt!r}")
-    out: dict[str, dict[str, np.ndarray]] = {}
-    if fmt == "ascii":
-        tokens = data[body_start:].split()
-        pos = 0
-        for name, count, props in elements:
-            out[name], pos = _ply_ascii_element(path, name, count, props, tokens, pos)
-    else:
-        endian = "<" if fmt == "binary_little_endian" else ">"
-        pos = body_start
-        for name, count, props in elements:
-            out[name], pos = _ply_binary_element(path, name, count, props, data, pos, endian)
-    return out
-
-
-def _ply_ascii_element(path, name, count, props, tokens, pos):
-    """Parse ``count`` rows of one element from the ascii body tokens starting at ``pos``."""
-    def need(n):
-        if pos + n > len(tokens):
-            raise CorruptFileError(path, f"PLY body ends inside element '{name}' (truncated file)")
-
-    try:
-        if all(len(p) == 2 for p in props):  # scalar properties only: one vectorised conversion
-            k = len(props)
-            need(count * k)
-            table = np.array(tokens[pos:pos + count * k], dtype=np.float64).reshape(count, k)
-            cols = {p[0]: table[:, j].astype(p[1]) for j, p in enumerate(props)}
-            return cols, pos + count * k
-        rows: dict[str, list] = {p[0]: [] for p in props}
-        for _ in range(count):
-            for p in props:
-                if len(p) == 2:
-                    need(1)
-                    rows[p[0]].append(float(tokens[pos]))
-                    pos += 1
-                else:
-                    need(1)
-                    n = int(tokens[pos])
-                    need(1 + n)
-                    rows[p[0]].append(np.array(tokens[pos + 1:pos + 1 + n], dtype=np.float64).astype(p[2]))
-                    pos += 1 + n
-    except ValueError as e:
-        raise CorruptFileError(path, f"non-numeric value in PLY element '{name}' ({e})") from None
-    cols = {}
-    for p in props:
-        cols[p[0]] = np.array(rows[p[0]], dtype=p[1]) if len(p) == 2 else _stack_lists(rows[p[0]], p[2])
-    return cols, pos
-
-
-def _stack_lists(lists: list[np.ndarray], dtype) -> np.ndarray:
-    """(count, k) array when all lists have length k, else an object array of arrays."""
-    if lists and all(len(x) == len(lists[0]) for x in lists):
-        return np.stack(lists).astype(dtype)
-    if not lists:
-        return np.zeros((0, 0), dtype=dtype)
-    obj = np.empty(len(lists), dtype=object)
-    obj[:] = lists
-    return obj
-
-
-def _ply_binary_element(path, name, count, props, data: bytes, pos: int, endian: str):
-    """Parse ``count`` rows of one element from the binary body starting at byte ``pos``."""
-    def truncated():
-        return CorruptFileError(path, f"PLY body ends inside element '{name}' (expected {count} rows): "
-                                      f"the file is truncated")
-
-    if all(len(p) == 2 for p in props):
-        dt = np.dtype([(p[0], endian + p[1]) for p in props])
-        if pos + count * dt.itemsize > len(data):
-            raise truncated()
-        arr = np.frombuffer(data, dtype=dt, count=count, offset=pos)
-        return {p[0]: arr[p[0]].astype(p[1]) for p in props}, pos + count * dt.itemsize
-    if count == 0:
-        return {p[0]: np.zeros((0, 0) if len(p) == 3 else 0, dtype=p[-1]) for p in props}, pos
-    # Fast path: guess that every list has the length found in the first row (triangle meshes), read all
-    # rows with one structured dtype, then verify the stored counts. Otherwise fall back to a row loop.
-    fields, q = [], pos
-    for p in props:
-        if len(p) == 2:
-            fields.append((p[0], endian + p[1]))
-            q += np.dtype(p[1]).itemsize
-        else:
-            if q + np.dtype(p[1]).itemsize > len(data):
-                raise truncated()
-            n = int(np.frombuffer(data, dtype=endian + p[1], count=1, offset=q)[0])
-            fields += [(p[0] + "#n", endian + p[1]), (p[0], endian + p[2], (n,))]
-            q += np.dtype(p[1]).itemsize + n * np.dtype(p[2]).itemsize
-    dt = np.dtype(fields)
-    if pos + count * dt.itemsize <= len(data):
-        arr = np.frombuffer(data, dtype=dt, count=count, offset=pos)
-        if all((arr[p[0] + "#n"] == dt[p[0]].shape[0]).all() for p in props if len(p) == 3):
-            cols = {p[0]: arr[p[0]].astype(p[-1]) for p in props}
-            return cols, pos + count * dt.itemsize
-    rows: dict[str, list] = {p[0]: [] for p in props}
-    for _ in range(count):
-        for p in props:
-            size = np.dtype(p[1]).itemsize
-            if pos + size > len(data):
-                raise truncated()
-            v = np.frombuffer(data, dtype=endian + p[1], count=1, offset=pos)[0]
-            pos += size
-            if len(p) == 2:
-                rows[p[0]].append(v)
-                continue
-            n, isz = int(v), np.dtype(p[2]).itemsize
-            if pos + n * isz > len(data):
-                raise truncated()
-            rows[p[0]].append(np.frombuffer(data, dtype=endian + p[2], count=n, offset=pos).astype(p[2]))
-            pos += n * isz
-    cols = {}
-    for p in props:
-        cols[p[0]] = np.array(rows[p[0]], dtype=p[1]) if len(p) == 2 else _stack_lists(rows[p[0]], p[2])
-    return cols, pos
-
-
-# ----------------------------------------------------------------------------------------------------------
-# OFF
-# ----------------------------------------------------------------------------------------------------------
-def read_off(path) -> tuple[np.ndarray, np.ndarray]:
-    """Read an OFF mesh → ``vertices (V, 3) float32, faces (F, 3) int64``.
-
-    Format: a line ``OFF``, a line ``V F E``, V lines ``x y z``, F lines ``n i1 ... in``. Polygons with n > 3
-    are split into a triangle fan (i1, ik, ik+1). Lines starting with ``#`` are comments.
-    Quirk handled: many ModelNet40 files fuse the header and the counts on the first line, e.g.
-    ``OFF1234 5678 0``.
-    """
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode("latin-1")
-    except OSError as e:
-        raise CorruptFileError(path, f"cannot be read ({e})") from e
-    lines = [ln.split("#", 1)[0].strip() for ln in text.split("\n")]
-    lines = [ln for ln in lines if ln]
-    if not lines or not lines[0].startswith("OFF"):
-        raise CorruptFileError(path, "is not an OFF file (the first line does not start with 'OFF')")
-    rest = lines[0][3:].strip()  # "" for a normal header, "1234 5678 0" for the fused quirk
-    body = lines[1:] if rest else lines[2:]
-    counts = rest if rest else (lines[1] if len(lines) > 1 else "")
-    try:
-        nv, nf = (int(c) for c in counts.split()[:2])
-    except ValueError:
-        raise CorruptFileError(path, f"malformed OFF counts line {counts!r} (expected 'V F E')") from None
-    if len(body) < nv + nf:
-        raise CorruptFileError(path, f"has {len(body)} data lines but the header announces {nv} vertices + "
-                                     f"{nf} faces: the file is truncated")
-    try:
-        vertices = np.array([ln.split()[:3] for ln in body[:nv]], dtype=np.float64).reshape(nv, 3)
-        face_lines = body[nv:nv + nf]
-        flat = " ".join(face_lines).split()
-        if len(flat) == 4 * nf and all(t == "3" for t in flat[::4]):  # fast path: all triangles
-            faces = np.array(flat, dtype=np.int64).reshape(nf, 4)[:, 1:]
-        else:
-            tris = []
-            for ln in face_lines:
-                idx = [int(t) for t in ln.split()]
-                poly = idx[1:1 + idx[0]]
-                if len(poly) != idx[0] or idx[0] < 3:
-                    raise ValueError(f"bad face line {ln!r}")
-                tris += [(poly[0], poly[k], poly[k + 1]) for k in range(1, len(poly) - 1)]
-            faces = np.array(tris, dtype=np.int64).reshape(-1, 3)
-    except ValueError as e:
-        raise CorruptFileError(path, f"malformed OFF data ({e})") from None
-    if faces.size and (faces.min() < 0 or faces.max() >= nv):
-        raise CorruptFileError(path, f"face indices out of range [0, {nv})")
-    return vertices.astype(np.float32), faces
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -474,7 +169,7 @@ class ModelNet40H5:
                         if shape_names.is_file() else MODELNET40_CLASSES)
         points, labels, normals = [], [], []
         for n in names:
-            d = _read_h5(self.root / n, ("data", "label"), ("normal",))
+            d = read_h5(self.root / n, ("data", "label"), ("normal",))
             if d["data"].ndim != 3 or d["data"].shape[2] != 3 or len(d["label"]) != len(d["data"]):
                 raise CorruptFileError(self.root / n, f"'data' {d['data'].shape} and 'label' {d['label'].shape} "
                                                       f"are not (B, N, 3) and (B, 1)")
@@ -557,11 +252,11 @@ class ModelNet40Mesh:
 # ----------------------------------------------------------------------------------------------------------
 # ShapeNetPart
 # ----------------------------------------------------------------------------------------------------------
-SHAPENETPART_CATEGORIES = {  # name → ShapeNet synset id (synsetoffset2category.txt); label = position here
+SHAPENETPART_CATEGORIES = {  # name → synset id as in the release's synsetoffset2category.txt; label = position
     "Airplane": "02691156", "Bag": "02773838", "Cap": "02954340", "Car": "02958343",
-    "Chair": "03001627", "Earphone": "03261776", "Guitar": "03467671", "Knife": "03624134",
+    "Chair": "03001627", "Earphone": "03261776", "Guitar": "03467517", "Knife": "03624134",
     "Lamp": "03636649", "Laptop": "03642806", "Motorbike": "03790512", "Mug": "03797390",
-    "Pistol": "03948459", "Rocket": "04099429", "Skateboard": "04225943", "Table": "04379243",
+    "Pistol": "03948459", "Rocket": "04099429", "Skateboard": "04225987", "Table": "04379243",
 }
 SHAPENETPART_PARTS = {  # category → its global part ids (50 parts in total, contiguous ranges)
     "Airplane": (0, 1, 2, 3), "Bag": (4, 5), "Cap": (6, 7), "Car": (8, 9, 10, 11),
@@ -617,6 +312,13 @@ class ShapeNetPart:
         unknown = [n for n in synset_to_name.values() if n not in SHAPENETPART_CATEGORIES]
         if unknown:
             raise CorruptFileError(self.root / "synsetoffset2category.txt", f"unknown categories {unknown}")
+        moved = [f"{n} {s} (the release: {SHAPENETPART_CATEGORIES[n]})" for s, n in synset_to_name.items()
+                 if s != SHAPENETPART_CATEGORIES[n]]
+        if moved:
+            raise CorruptFileError(self.root / "synsetoffset2category.txt",
+                                   f"maps {', '.join(moved)}: this is not the PointNet++ release the labels and "
+                                   f"SHAPENETPART_CATEGORIES follow; use 'shapenetcore_partanno_segmentation_"
+                                   f"benchmark_v0_normal' unmodified")
         if categories is not None:
             bad = [c for c in categories if c not in SHAPENETPART_CATEGORIES]
             if bad:
@@ -644,7 +346,7 @@ class ShapeNetPart:
         if not path.is_file():
             raise _not_found("ShapeNetPart", self.root, [str(path.relative_to(self.root))], self.LAYOUT,
                              self.SOURCE)
-        t = _read_table(path, 7, "x y z nx ny nz part")  # (N, 7)
+        t = read_table(path, 7, "x y z nx ny nz part")  # (N, 7)
         return {
             "points": t[:, :3].astype(np.float32),
             "normals": t[:, 3:6].astype(np.float32),
@@ -706,7 +408,7 @@ class ScanObjectNN:
         rel = f"{folder}/{pattern.format(split='training' if split == 'train' else 'test')}"
         self.root = _check_layout(f"ScanObjectNN ({variant})", root, [rel], self.LAYOUT, self.SOURCE)
         self.path = self.root / rel
-        d = _read_h5(self.path, ("data", "label"), ("mask",))
+        d = read_h5(self.path, ("data", "label"), ("mask",))
         b = len(d["data"])
         if d["data"].ndim != 3 or d["data"].shape[2] != 3 or d["label"].reshape(-1).shape != (b,):
             raise CorruptFileError(self.path, f"'data' {d['data'].shape} / 'label' {d['label'].shape} are not "
@@ -733,17 +435,21 @@ class ScanObjectNN:
 # ----------------------------------------------------------------------------------------------------------
 SCANNET_LAYOUT = """
     scannet/                                    (the folder you pass as root)
-    └── scans/
-        └── scene0000_00/
-            ├── scene0000_00_vh_clean_2.ply          binary PLY: vertex x y z float, red green blue alpha uchar;
-            │                                        face vertex_indices
-            ├── scene0000_00_vh_clean_2.labels.ply   same vertices + 'label' ushort (NYU40 id); absent for test
-            └── (exported with ScanNet's SensReader, for RGB-D frames — the scene folder you pass to ScanNetFrames)
-                ├── color/0.jpg 1.jpg ...            1296 x 968 colour
-                ├── depth/0.png 1.png ...            640 x 480 uint16 millimetres, 0 = invalid
-                ├── pose/0.txt 1.txt ...             4 x 4 camera-to-world (may be all -inf: lost tracking)
-                └── intrinsic/intrinsic_depth.txt, intrinsic_color.txt   4 x 4
+    ├── scans/                                  train + val scenes (1,513), with labels
+    │   └── scene0000_00/
+    │       ├── scene0000_00_vh_clean_2.ply          binary PLY: vertex x y z float, red green blue alpha uchar;
+    │       │                                        face vertex_indices
+    │       ├── scene0000_00_vh_clean_2.labels.ply   same vertices + 'label' ushort (NYU40 id)
+    │       └── (exported RGB-D frames — the scene folder you pass to ScanNetFrames)
+    │           ├── color/0.jpg 1.jpg ...       1296 x 968 colour: .jpg from ScanNet's SensReader,
+    │           │                               .png from PointContrast's / Pointcept's SensorData.py
+    │           ├── depth/0.png 1.png ...       640 x 480 uint16 millimetres, 0 = invalid
+    │           ├── pose/0.txt 1.txt ...        4 x 4 camera-to-world (may be all -inf: lost tracking)
+    │           └── intrinsic/intrinsic_depth.txt, intrinsic_color.txt   4 x 4
+    └── scans_test/                             test scenes (100): the same files, no .labels.ply
+        └── scene0707_00/ ...
 """
+SCANNET_SUBSETS = ("scans", "scans_test")  # the folders of ScanNet v2's train + val scenes and of its test scenes
 SCANNET_SOURCE = ("ScanNet v2 (request access at the ScanNet project website by signing the terms of use; "
                   "frames are exported from the .sens files with ScanNet's SensReader)")
 SCANNET_VALID_CLASS_IDS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 24, 28, 33, 34, 36, 39)  # NYU40 ids
@@ -806,22 +512,38 @@ def read_scannet_scene(scene_dir, with_faces: bool = False) -> dict:
 
 
 class ScanNetScenes:
-    """All (or some) ScanNet v2 scenes under ``root/scans``; items are :func:`read_scannet_scene` dicts.
+    """ScanNet v2 scenes: ``root/scans/`` (train + val, labelled) and ``root/scans_test/`` (test, no labels).
 
-    ``scenes``: scene names to keep (e.g. the lines of the benchmark's ``scannetv2_val.txt``); default: every
-    folder under ``scans/``, sorted. See :data:`SCANNET_LAYOUT`.
+    Items are :func:`read_scannet_scene` dicts. ``scenes``: names to keep (e.g. the lines of the benchmark's
+    ``scannetv2_val.txt`` or ``scannetv2_test.txt``), each looked up in ``scans/`` and then ``scans_test/``;
+    default: every scene folder of ``subsets``, sorted by name. ``subsets`` (used when ``scenes`` is None):
+    both folders by default, as Pointcept's preprocessing globs ``scans*/scene*`` (PointContrast's maps train →
+    ``scans``, test → ``scans_test``); ``("scans",)`` lists the labelled scenes only. ``self.scene_dirs`` holds
+    each scene's folder. See :data:`SCANNET_LAYOUT`.
     """
 
-    def __init__(self, root, scenes=None, with_faces: bool = False):
-        self.root = _check_layout("ScanNet v2", root, ["scans"], SCANNET_LAYOUT, SCANNET_SOURCE)
-        scans = self.root / "scans"
+    def __init__(self, root, scenes=None, with_faces: bool = False, subsets=SCANNET_SUBSETS):
+        bad = [s for s in subsets if s not in SCANNET_SUBSETS]
+        if bad or not subsets:
+            raise ValueError(f"subsets must be a non-empty selection of {SCANNET_SUBSETS}, got {subsets!r}")
+        self.root = _check_layout("ScanNet v2", root, [], SCANNET_LAYOUT, SCANNET_SOURCE)
+        if not any((self.root / s).is_dir() for s in subsets):
+            raise _not_found("ScanNet v2", self.root, [f"{s}/" for s in subsets], SCANNET_LAYOUT, SCANNET_SOURCE)
         if scenes is None:
-            scenes = sorted(d.name for d in scans.iterdir() if d.is_dir())
-        self.scenes = list(scenes)
-        missing = [f"scans/{s}/{s}_vh_clean_2.ply" for s in self.scenes
-                   if not (scans / s / f"{s}_vh_clean_2.ply").is_file()]
+            self.scene_dirs = sorted((d for s in subsets if (self.root / s).is_dir()
+                                      for d in (self.root / s).iterdir() if d.is_dir()), key=lambda d: d.name)
+        else:
+            found = {s: next((self.root / sub / s for sub in SCANNET_SUBSETS if (self.root / sub / s).is_dir()),
+                             None) for s in scenes}
+            absent = [f"scans/{s}/ (or scans_test/{s}/)" for s, d in found.items() if d is None]
+            if absent:
+                raise _not_found("ScanNet v2", self.root, absent, SCANNET_LAYOUT, SCANNET_SOURCE)
+            self.scene_dirs = [found[s] for s in scenes]
+        self.scenes = [d.name for d in self.scene_dirs]
+        missing = [f"{d.parent.name}/{d.name}/{d.name}_vh_clean_2.ply" for d in self.scene_dirs
+                   if not (d / f"{d.name}_vh_clean_2.ply").is_file()]
         if not self.scenes or missing:
-            raise _not_found("ScanNet v2", self.root, missing or ["scans/scene*/ folders"], SCANNET_LAYOUT,
+            raise _not_found("ScanNet v2", self.root, missing or [f"{subsets[0]}/scene*/ folders"], SCANNET_LAYOUT,
                              SCANNET_SOURCE)
         self.with_faces = with_faces
 
@@ -829,38 +551,35 @@ class ScanNetScenes:
         return len(self.scenes)
 
     def __getitem__(self, i: int) -> dict:
-        return read_scannet_scene(self.root / "scans" / self.scenes[i], with_faces=self.with_faces)
-
-
-def _read_matrix(path: Path, shape=(4, 4)) -> np.ndarray:
-    """A whitespace-separated matrix text file (ScanNet poses/intrinsics) → float64 array of ``shape``."""
-    try:
-        vals = np.array(path.read_text().split(), dtype=np.float64)  # float() accepts 'inf', '-inf', 'nan'
-    except ValueError as e:
-        raise CorruptFileError(path, f"is not a numeric matrix ({e})") from None
-    if vals.size != np.prod(shape):
-        raise CorruptFileError(path, f"has {vals.size} numbers, expected a {shape[0]} x {shape[1]} matrix")
-    return vals.reshape(shape)
+        return read_scannet_scene(self.scene_dirs[i], with_faces=self.with_faces)
 
 
 class ScanNetFrames:
-    """RGB-D frames of one ScanNet scene, as exported from its ``.sens`` file by ScanNet's SensReader.
+    """RGB-D frames of one ScanNet scene, as exported from its ``.sens`` file.
 
     Items: ``{"color": (H, W, 3) uint8, "depth": (H, W) float32 metres (0 = invalid), "K": (3, 3) depth
-    intrinsics, "K_color": (3, 3) colour intrinsics for the returned colour image (if intrinsic_color.txt
-    exists), "pose": (4, 4) camera-to-world, "pose_valid": bool, "frame": int}``.
+    intrinsics, "K_offset": (2,) float32, "K_color": (3, 3) colour intrinsics for the returned colour image (if
+    intrinsic_color.txt exists), "pose": (4, 4) camera-to-world, "pose_valid": bool, "frame": int}``.
 
-    Colour is resized to the depth resolution (1296 x 968 → 640 x 480, bilinear) when
-    ``resize_color=True`` (default), so that ``color[v, u]`` is the colour of the depth pixel ``(u, v)``. This
-    is the common practice; the depth and colour sensors are registered but not identical, so the colour of
-    a pixel is approximate (a few pixels off near edges). ``K`` is the depth camera's — use it to
-    back-project ``depth`` (:func:`backproject_depth`).
+    Colour frames are read as ``color/<i>.jpg`` (ScanNet's SensReader) or ``color/<i>.png`` (the
+    ``SensorData.py`` of PointContrast's and Pointcept's pair preprocessing), whichever exists; a frame with
+    neither raises :class:`DatasetNotFoundError` at construction. Colour is resized to the depth resolution
+    (1296 x 968 → 640 x 480, bilinear) when ``resize_color=True`` (default), so that ``color[v, u]`` is the
+    colour of the depth pixel ``(u, v)``. This is the common practice; the depth and colour sensors are
+    registered but not identical, so the colour of a pixel is approximate (a few pixels off near edges).
+
+    ``K`` is the depth camera's — use it to back-project ``depth`` (:func:`backproject_depth`). ``K_offset`` holds
+    the entries ``K[0, 3], K[1, 3]`` of the 4 x 4 ``intrinsic_depth.txt``, which PointContrast's back-projection
+    adds to X and Y (``point_cloud_extractor.py``: ``X = (u − cx) Z / fx + bx``); they are zero in the
+    official files, not always in derived ones, so pass them on: ``backproject_depth(..., offset=K_offset)``.
 
     Some ScanNet poses are all ``-inf`` (tracking lost). With ``skip_invalid_poses=True`` (default) those
     frames are left out of the index and listed in ``self.invalid_frames``; otherwise they are returned with
-    ``pose_valid=False``. ``frame_skip`` keeps every k-th frame id (k = 20 is common for pre-training).
+    ``pose_valid=False``. ``frame_skip`` keeps every k-th frame id (PointContrast uses k = 25).
     ``depth_scale`` converts the stored integers to metres (SensReader writes millimetres: 1000).
     """
+
+    COLOR_SUFFIXES = (".jpg", ".png")  # SensReader's, then PointContrast's / Pointcept's SensorData.py
 
     def __init__(self, scene_dir, skip_invalid_poses: bool = True, resize_color: bool = True,
                  frame_skip: int = 1, depth_scale: float = 1000.0):
@@ -871,18 +590,29 @@ class ScanNetFrames:
             raise _not_found("ScanNet v2 exported frames", self.root, ["depth/<i>.png"], SCANNET_LAYOUT,
                              SCANNET_SOURCE)
         ids = [i for i in ids if i % frame_skip == 0]
-        self.K = _read_matrix(self.root / "intrinsic" / "intrinsic_depth.txt")[:3, :3].astype(np.float32)
+        k_depth = read_matrix(self.root / "intrinsic" / "intrinsic_depth.txt")  # (4, 4)
+        self.K = k_depth[:3, :3].astype(np.float32)
+        self.K_offset = k_depth[:2, 3].astype(np.float32)  # (bx, by), added to X, Y by PointContrast
         kc = self.root / "intrinsic" / "intrinsic_color.txt"
-        self.K_color_full = _read_matrix(kc)[:3, :3].astype(np.float32) if kc.is_file() else None
-        self.poses, self.invalid_frames = {}, []
+        self.K_color_full = read_matrix(kc)[:3, :3].astype(np.float32) if kc.is_file() else None
+        self.poses, self.invalid_frames, self.color_files = {}, [], {}
+        missing = []
         for i in ids:
             p = self.root / "pose" / f"{i}.txt"
             if not p.is_file():
-                raise _not_found("ScanNet v2 exported frames", self.root, [f"pose/{i}.txt"], SCANNET_LAYOUT,
-                                 SCANNET_SOURCE)
-            self.poses[i] = _read_matrix(p).astype(np.float32)
+                missing.append(f"pose/{i}.txt")
+                continue
+            c = next((self.root / "color" / f"{i}{s}" for s in self.COLOR_SUFFIXES
+                      if (self.root / "color" / f"{i}{s}").is_file()), None)
+            if c is None:
+                missing.append(f"color/{i}.jpg (or color/{i}.png)")
+                continue
+            self.color_files[i] = c
+            self.poses[i] = read_matrix(p).astype(np.float32)
             if not np.isfinite(self.poses[i]).all():
                 self.invalid_frames.append(i)
+        if missing:
+            raise _not_found("ScanNet v2 exported frames", self.root, missing, SCANNET_LAYOUT, SCANNET_SOURCE)
         bad = set(self.invalid_frames)
         self.frames = [i for i in ids if not (skip_invalid_poses and i in bad)]
         self.resize_color, self.depth_scale = resize_color, depth_scale
@@ -894,7 +624,7 @@ class ScanNetFrames:
         from PIL import Image
 
         i = self.frames[k]
-        dpath, cpath = self.root / "depth" / f"{i}.png", self.root / "color" / f"{i}.jpg"
+        dpath, cpath = self.root / "depth" / f"{i}.png", self.color_files[i]
         try:
             raw = np.array(Image.open(dpath))  # (H, W) uint16 millimetres
         except OSError as e:
@@ -911,7 +641,7 @@ class ScanNetFrames:
             color = np.asarray(img, dtype=np.uint8)  # (H, W, 3)
         except OSError as e:
             raise CorruptFileError(cpath, f"cannot be read as an image ({e})") from e
-        item = {"color": color, "depth": depth, "K": self.K, "pose": self.poses[i],
+        item = {"color": color, "depth": depth, "K": self.K, "K_offset": self.K_offset, "pose": self.poses[i],
                 "pose_valid": bool(np.isfinite(self.poses[i]).all()), "frame": i}
         if self.K_color_full is not None:
             kc = self.K_color_full.copy()
@@ -921,16 +651,17 @@ class ScanNetFrames:
         return item
 
 
-def backproject_depth(depth, K, pose=None, color=None) -> dict[str, np.ndarray]:
+def backproject_depth(depth, K, pose=None, color=None, offset=None) -> dict[str, np.ndarray]:
     """Lift every valid depth pixel to 3D.
 
     Pixel (u, v) = (column, row) with depth Z > 0 (finite) goes to the camera-frame point
-    ``X = (u − cx) Z / fx, Y = (v − cy) Z / fy, Z``; with ``pose`` (4, 4 camera-to-world) the point is then
-    mapped to the world: ``x_w = R x_c + t``.
+    ``X = (u − cx) Z / fx + bx, Y = (v − cy) Z / fy + by, Z``, where ``offset = (bx, by)`` (default 0; ScanNet's
+    ``K_offset``, as PointContrast's ``point_cloud_extractor.py`` adds it); with ``pose`` (4, 4 camera-to-world)
+    the point is then mapped to the world: ``x_w = R x_c + t``.
 
     Args:
         depth: (H, W) metres, 0 = invalid.  K: (3, 3).  pose: (4, 4) or None (camera frame).
-        color: (H, W, 3) uint8 registered to ``depth`` or None.
+        color: (H, W, 3) uint8 registered to ``depth`` or None.  offset: (2,) or None.
     Returns:
         ``{"points": (M, 3) float32, "uv": (M, 2) int64 pixel (u, v) of each point, "colors": (M, 3) float32
         in [0, 1] when color is given}``, pixels in row-major order.
@@ -945,7 +676,14 @@ def backproject_depth(depth, K, pose=None, color=None) -> dict[str, np.ndarray]:
         pose = np.asarray(pose, dtype=np.float64)
         if not np.isfinite(pose).all():
             raise ValueError("pose contains inf/nan (ScanNet marks lost tracking with -inf): skip this frame")
-    pts, pix = backproject(depth, K, pose)  # (M, 3), (M, 2) = (row v, column u), row-major
+    pts, pix = backproject(depth, K)  # (M, 3) camera frame, (M, 2) = (row v, column u), row-major
+    if offset is not None:
+        offset = np.asarray(offset, dtype=np.float64).reshape(-1)
+        if offset.shape != (2,):
+            raise ValueError(f"offset must be (bx, by), got shape {offset.shape}")
+        pts[:, :2] += offset
+    if pose is not None:
+        pts = pts @ pose[:3, :3].T + pose[:3, 3]
     v, u = pix[:, 0], pix[:, 1]
     out = {"points": pts.astype(np.float32), "uv": np.stack([u, v], 1).astype(np.int64)}
     if color is not None:
@@ -990,9 +728,13 @@ def read_s3dis_room(room_dir) -> dict:
     index into S3DIS_CLASSES, "instance": (N,) int64 0..K-1 (one per annotation file, in natural file order),
     "room": "Area_5/office_1"}``. ``stairs_*.txt`` files count as ``clutter``.
 
-    Tolerance: a few released files contain a stray non-numeric byte inside a line (the known case is in
-    ``Area_5/hallway_6``, a ``\\x10`` byte). Such characters are deleted from the line and a warning names the
-    file and line; a line that still does not have 6 numbers raises :class:`CorruptFileError`.
+    Tolerance: a few released files hold a control byte where a character lost its 0x20 bit — in the
+    Aligned version ``Area_5/hallway_6/Annotations/ceiling_1.txt`` line 180389 reads ``185\\x00187`` (NUL for a
+    space: the standard test area cannot be read without this), in the non-aligned v1.2
+    ``Area_5/office_19/Annotations/ceiling_1.txt`` line 323474 reads ``103.0\\x100000`` (``\\x10`` for ``0``).
+    Such bytes are read as the character they stand for (:func:`ssl3d.data.formats.read_table` explains the
+    rule) and a warning names the file and line; a line that still does not hold 6 numbers raises
+    :class:`CorruptFileError`.
     """
     room_dir = Path(room_dir)
     ann = room_dir / "Annotations"
@@ -1005,7 +747,7 @@ def read_s3dis_room(room_dir) -> dict:
         cls = S3DIS_ALIASES.get(cls, cls)
         if cls not in S3DIS_CLASSES:
             raise CorruptFileError(f, f"class {cls!r} from the file name is not one of S3DIS_CLASSES")
-        t = _read_table(f, 6, "x y z r g b", tolerant=True)  # (n, 6)
+        t = read_table(f, 6, "x y z r g b", tolerant=True)  # (n, 6); repairs the known stray bytes
         pts.append(t)
         sem.append(np.full(len(t), S3DIS_CLASSES.index(cls), dtype=np.int64))
         inst.append(np.full(len(t), k, dtype=np.int64))
