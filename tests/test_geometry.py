@@ -177,3 +177,127 @@ def test_rotation_matches_scipy_and_transforms_invert(gen):
 def test_random_rotation_about_up_axis_keeps_z(gen):
     r = G.random_rotation(gen, axis=(0, 0, 1))
     torch.testing.assert_close(r[2], torch.tensor([0.0, 0.0, 1.0]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The voxel-grid kNN and radius search, against brute force (float64 distances by differences) and cKDTree
+# ----------------------------------------------------------------------------------------------------------
+def brute_knn(q, r, k, exclude_self=False):
+    """float64 distances by differences, stable argsort (ties → lower index); chunks of 256 queries."""
+    out_d, out_i = [], []
+    for s in range(0, q.shape[-2], 256):
+        d = ((q.double()[..., s:s + 256, None, :] - r.double()[..., None, :, :]) ** 2).sum(-1)
+        if exclude_self:
+            rows = torch.arange(d.shape[-2])
+            d[..., rows, rows + s] = float("inf")
+        i = d.argsort(dim=-1, stable=True)[..., :k]
+        out_d.append(d.gather(-1, i))
+        out_i.append(i)
+    return torch.cat(out_d, -2), torch.cat(out_i, -2)
+
+
+def grid_clouds(gen, n=1800):
+    u, v = torch.rand(n, generator=gen) * 6.283, torch.rand(n, generator=gen) * 6.283
+    torus = torch.stack([(1 + 0.3 * v.cos()) * u.cos(), (1 + 0.3 * v.cos()) * u.sin(), 0.3 * v.sin()], 1)
+    blobs = torch.randn(n, 3, generator=gen) * 0.02 + torch.randn(6, 3, generator=gen).repeat_interleave(n // 6, 0)
+    planar = torch.cat([torch.rand(n, 2, generator=gen), torch.zeros(n, 1)], 1)  # zero extent along z
+    line = torch.rand(n, 1, generator=gen) * torch.tensor([[1.0, 2.0, -1.0]])  # zero extent across the line
+    # outliers far away, in a cloud of scene coordinates (1 km from the origin)
+    scene = torch.cat([torch.rand(n - 3, 3, generator=gen) * 5, torch.tensor([[60.0, 0, 0], [0, -40, 9], [5, 5, 30]])])
+    return {"torus": torus, "cube": torch.rand(n, 3, generator=gen), "blobs": blobs, "planar": planar,
+            "line": line, "scene": scene + 1000.0}
+
+
+@pytest.mark.parametrize("name", ["torus", "cube", "blobs", "planar", "line", "scene"])
+def test_grid_knn_matches_brute_force(gen, name):
+    x = grid_clouds(gen)[name]
+    for exclude in (False, True):
+        d, i = G._knn_grid(x[None], x[None], 16, exclude)
+        dd, ii = brute_knn(x, x, 16, exclude)
+        # float32 in coordinates local to a cell: error ~1e-7 of the squared cell size, not of the coordinates
+        tol = 1e-5 * float(dd[:, -1].median())
+        torch.testing.assert_close(d[0].double(), dd, rtol=1e-5, atol=tol)
+        # indices agree except between (near-)equal distances, where the set of distances must still match
+        assert (i[0] == ii).float().mean() > 0.999
+        got = ((x[i[0]].double() - x.double()[:, None]) ** 2).sum(-1)  # the distances of the returned points
+        torch.testing.assert_close(got, dd, rtol=1e-5, atol=tol)
+        if exclude:
+            assert not (i[0] == torch.arange(len(x))[:, None]).any()
+
+
+def test_knn_dispatches_large_3d_clouds_to_the_grid(gen, monkeypatch):
+    # 2,048² pairs reach the grid; batched clouds of different scales, queries outside the reference box,
+    # float64, and exact duplicates (ties: the distances match, every returned point is a true neighbour)
+    calls = []
+    real = G._knn_grid
+    monkeypatch.setattr(G, "_knn_grid", lambda *a: calls.append(torch.get_num_threads()) or real(*a))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    ref = torch.stack([torch.rand(2048, 3, generator=gen), 100 * torch.randn(2048, 3, generator=gen)]).double()
+    ref[0, 1000:1010] = ref[0, 5]  # duplicates
+    query = torch.cat([ref[:, :1500], 3 * ref[:, 1500:] + 2], 1)  # a quarter outside the box
+    try:
+        d, i = G.knn(query, ref, k=8)
+        assert calls == [1] and torch.get_num_threads() == 2  # the grid runs on one thread, then restores
+    finally:
+        torch.set_num_threads(threads)
+    assert d.dtype == torch.float64 and d.shape == (2, 2048, 8)
+    dd, _ = brute_knn(query, ref, 8)
+    torch.testing.assert_close(d, dd, rtol=1e-9, atol=1e-9)
+    picked = ref.gather(1, i.flatten(1).unsqueeze(-1).expand(-1, -1, 3)).view(2, 2048, 8, 3)
+    got = ((picked - query[:, :, None]) ** 2).sum(-1)
+    torch.testing.assert_close(got, dd, rtol=1e-9, atol=1e-9)
+    # unbatched (N, 3) with exclude_self, against scipy
+    x = ref[1].float()
+    d1, i1 = G.knn(x, k=5, exclude_self=True)
+    dk, ik = cKDTree(x.numpy()).query(x.numpy(), k=6)
+    assert (i1 == torch.from_numpy(ik[:, 1:])).float().mean() > 0.999
+    np.testing.assert_allclose(d1.double().sqrt().numpy(), dk[:, 1:], rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["torus", "cube", "blobs", "planar", "scene"])
+def test_radius_pairs_on_varied_clouds(gen, name):
+    x = grid_clouds(gen, n=1200)[name]
+    y = x + 0.01 * torch.randn(x.shape, generator=gen)
+    span = float((x.amax(0) - x.amin(0)).max())
+    for radius in (span * 1e-3, span * 0.02, span * 0.3):  # below, around and far above the grid's own cell
+        pairs = G.radius_pairs(x, y.numpy(), radius)  # numpy input too
+        a, b = x.double(), torch.from_numpy(y.numpy()).float().double()
+        brute = (((a[:, None] - b[None]) ** 2).sum(-1) <= radius**2).nonzero()
+        assert torch.equal(pairs, brute)
+        near = G.radius_pairs(x, y, radius, nearest_only=True)
+        d = ((a[:, None] - b[None]) ** 2).sum(-1)
+        has = (d <= radius**2).any(1)
+        assert torch.equal(near[:, 0], has.nonzero().squeeze(1))
+        assert torch.equal(near[:, 1], d.argmin(1)[has])
+
+
+def test_radius_pairs_zero_radius_and_duplicates():
+    a = torch.tensor([[0.0, 0, 0], [1, 0, 0], [1, 0, 0]])
+    assert G.radius_pairs(a, a, 0.0).tolist() == [[0, 0], [1, 1], [1, 2], [2, 1], [2, 2]]  # the KD-tree path
+    assert G.radius_pairs(a, a, 0.5).tolist() == [[0, 0], [1, 1], [1, 2], [2, 1], [2, 2]]
+    assert G.radius_pairs(a, a, 0.5, nearest_only=True).tolist() == [[0, 0], [1, 1], [2, 1]]  # ties → lowest j
+
+
+def torch_loop_fps(x, m, start):
+    """The straightforward torch loop (fps before the numpy loop)."""
+    b, n, _ = x.shape
+    idx, cur = torch.empty(b, m, dtype=torch.long), start.clone()
+    mind, ar = torch.full((b, n), float("inf"), dtype=x.dtype), torch.arange(b)
+    for t in range(m):
+        idx[:, t] = cur
+        mind = torch.minimum(mind, ((x - x[ar, cur].unsqueeze(1)) ** 2).sum(-1))
+        cur = mind.argmax(-1)
+    return idx
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fps_numpy_loop_is_identical_to_the_torch_loop(gen, dtype):
+    for dims in (3, 2, 5):
+        x = torch.randn(4, 700, dims, generator=gen, dtype=dtype)
+        x[:, 100:140] = x[:, :40]  # duplicates: ties go to the lowest index in both
+        start = torch.randint(700, (4,), generator=gen)
+        want = torch_loop_fps(x, 96, start)
+        assert torch.equal(G.fps(x, 96, start=None, generator=torch.Generator().manual_seed(7)),
+                           torch_loop_fps(x, 96, torch.randint(700, (4,), generator=torch.Generator().manual_seed(7))))
+        assert torch.equal(torch.stack([G.fps(x[c], 96, start=int(start[c])) for c in range(4)]), want)

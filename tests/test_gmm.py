@@ -9,7 +9,15 @@ import torch
 from scipy.special import logsumexp, softmax
 from scipy.stats import multivariate_normal
 
-from ssl3d.gmm import GMMParams, fit_gmm_em, gmm_log_likelihood, gmm_nll, gmm_params, log_responsibilities
+from ssl3d.gmm import (
+    GMMParams,
+    component_log_prob,
+    fit_gmm_em,
+    gmm_log_likelihood,
+    gmm_nll,
+    gmm_params,
+    log_responsibilities,
+)
 
 COVS = ["full", "diag", "iso"]
 
@@ -244,18 +252,29 @@ def test_input_errors(gen):
         GMMParams(torch.ones(1, 2) / 2, torch.zeros(1, 2, 3), torch.ones(1, 2, 3), "iso")
 
 
-def test_pretraining_a_network_lowers_the_loss(gen):
-    # the loss end to end: a small PointNet learns to partition clouds of 3 blobs (random positions per cloud)
-    from ssl3d.models.point import PointNetSeg
+class _TinyPointNet(torch.nn.Module):
+    """Per-point MLP + max-pooled global feature → per-point logits (the loss' test needs no model zoo)."""
 
+    def __init__(self, j: int = 3, h: int = 32):
+        super().__init__()
+        self.local = torch.nn.Sequential(torch.nn.Linear(3, h), torch.nn.ReLU(), torch.nn.Linear(h, h), torch.nn.ReLU())
+        self.head = torch.nn.Sequential(torch.nn.Linear(2 * h, h), torch.nn.ReLU(), torch.nn.Linear(h, j))
+
+    def forward(self, x):
+        f = self.local(x)  # (B, N, h)
+        return self.head(torch.cat([f, f.max(1, keepdim=True).values.expand_as(f)], -1))  # (B, N, J)
+
+
+def test_pretraining_a_network_lowers_the_loss(gen):
+    # the loss end to end: a small point network learns to partition clouds of 3 blobs (random positions per cloud)
     torch.manual_seed(0)
-    net = PointNetSeg(num_outputs=3, width=0.125)
+    net = _TinyPointNet(3)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     clouds = torch.stack([blobs(gen, n_per=40, centres=(torch.rand(3, 3, generator=gen) * 4).tolist(),
                                 dtype=torch.float32)[0] for _ in range(8)])
     losses = []
     for _ in range(40):
-        loss = gmm_nll(clouds, net(clouds)["logits"])
+        loss = gmm_nll(clouds, net(clouds))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -263,3 +282,155 @@ def test_pretraining_a_network_lowers_the_loss(gen):
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0] - 0.5
 
+
+# ----------------------------------------------------------------------------------------------------------
+# Padded batches (mask)
+# ----------------------------------------------------------------------------------------------------------
+def padded_batch(gen, sizes=(40, 23, 31), n_max=44, j=5):
+    """Clouds of different sizes scattered (not only at the end) into (B, N_max, ·) with garbage padding."""
+    b = len(sizes)
+    x = torch.randn(b, n_max, 3, generator=gen, dtype=torch.float64) * 1e6  # padding: huge finite values
+    logits = torch.randn(b, n_max, j, generator=gen, dtype=torch.float64) * 1e4
+    mask = torch.zeros(b, n_max, dtype=torch.bool)
+    clouds = []
+    for c, n in enumerate(sizes):
+        rows = torch.randperm(n_max, generator=gen)[:n].sort().values
+        mask[c, rows] = True
+        xc = torch.randn(n, 3, generator=gen, dtype=torch.float64) * torch.rand(3, generator=gen, dtype=torch.float64)
+        lc = torch.randn(n, j, generator=gen, dtype=torch.float64) * 3
+        x[c, rows], logits[c, rows] = xc + 5 * c, lc
+        clouds.append((xc + 5 * c, lc))
+    x[0, (~mask[0]).nonzero()[0, 0], 1] = 1e30  # its square would overflow to inf if padding were not zeroed first
+    logits[1, (~mask[1]).nonzero()[0, 0], 0] = -1e30
+    return x, logits, mask, clouds
+
+
+@pytest.mark.parametrize("cov", COVS)
+def test_masked_batch_matches_each_cloud_alone(gen, cov):
+    x, logits, mask, clouds = padded_batch(gen)
+    sizes = torch.tensor([len(c[0]) for c in clouds], dtype=torch.float64)
+    p = gmm_params(x, logits, cov=cov, mask=mask)
+    lg = logits.clone().requires_grad_(True)
+    loss = gmm_nll(x, lg, mask=mask, cov=cov)
+    loss.backward()
+    want_loss = 0.0
+    for c, (xc, lc) in enumerate(clouds):
+        q = gmm_params(xc[None], lc[None], cov=cov)
+        for name in ("pi", "log_pi", "mu", "cov"):
+            torch.testing.assert_close(getattr(p, name)[c], getattr(q, name)[0], rtol=1e-10, atol=1e-12)
+        lc = lc[None].clone().requires_grad_(True)
+        nll = gmm_nll(xc[None], lc, cov=cov)
+        nll.backward()
+        want_loss += nll.item() * sizes[c].item() / sizes.sum().item()  # mean over all valid points
+        # the batch loss weighs cloud c by N_c / Σ N: so does its gradient
+        torch.testing.assert_close(lg.grad[c][mask[c]], lc.grad[0] * sizes[c] / sizes.sum(), rtol=1e-9, atol=1e-13)
+        ll = gmm_log_likelihood(x, p, mask=mask)
+        torch.testing.assert_close(ll[c][mask[c]], gmm_log_likelihood(xc[None], q)[0], rtol=1e-10, atol=1e-12)
+    assert loss.item() == pytest.approx(want_loss, rel=1e-12)
+    assert torch.isfinite(lg.grad).all() and (lg.grad[~mask] == 0).all()  # padding gets exactly no gradient
+    assert (gmm_log_likelihood(x, p, mask=mask)[~mask] == 0).all()
+    assert (component_log_prob(x, p, mask=mask)[~mask] == 0).all()
+
+
+def test_masked_float32_and_all_valid_mask(gen):
+    x, logits, mask, _ = padded_batch(gen)
+    nll32 = gmm_nll(x.float(), logits.float(), mask=mask)
+    assert nll32.dtype == torch.float32
+    assert nll32.item() == pytest.approx(gmm_nll(x, logits, mask=mask).item(), rel=1e-5)
+    y, lg = random_inputs(gen)
+    full = torch.ones(y.shape[:2], dtype=torch.bool)
+    torch.testing.assert_close(gmm_nll(y, lg, mask=full), gmm_nll(y, lg), rtol=1e-14, atol=0)
+
+
+def test_mask_errors(gen):
+    x, logits = random_inputs(gen)  # B 2, N 40, J 5
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    with pytest.raises(TypeError, match=r"mask.bool\(\)"):
+        gmm_nll(x, logits, mask=mask.float())
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        gmm_nll(x, logits, mask=mask.tolist())
+    with pytest.raises(ValueError, match=r"shape \(B, N\) = \(2, 40\)"):
+        gmm_nll(x, logits, mask=mask[:, :30])
+    few = mask.clone()
+    few[1, 4:] = False
+    with pytest.raises(ValueError, match="cloud 1 with 4 valid points.*at least J = 5"):
+        gmm_params(x, logits, mask=few)
+    p = gmm_params(x, logits)
+    with pytest.raises(ValueError, match="cloud 0 with 0 valid points"):
+        gmm_log_likelihood(x, p, mask=torch.zeros(2, 40, dtype=torch.bool))
+
+
+def test_gradcheck_with_mask_and_wrt_points(gen):
+    x, logits = random_inputs(gen, b=2, n=9, j=3, scale=1.0)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 6:] = False
+    for cov in COVS:
+        assert torch.autograd.gradcheck(lambda lg, c=cov: gmm_nll(x, lg, mask=mask, cov=c),
+                                        (logits.clone().requires_grad_(),))
+        # gradients w.r.t. the points are supported too (not needed in pre-training, free when not asked for)
+        assert torch.autograd.gradcheck(lambda pts, c=cov: gmm_nll(pts, logits, mask=mask, cov=c),
+                                        (x.clone().requires_grad_(),))
+    p = gmm_params(x, logits).detach()
+    assert torch.autograd.gradcheck(lambda pts: gmm_log_likelihood(pts, p), (x.clone().requires_grad_(),))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The fast path's numerics: closed-form 3 × 3 algebra, the shifted logsumexp, float32
+# ----------------------------------------------------------------------------------------------------------
+def test_ill_conditioned_covariances_match_scipy(gen):
+    # eigenvalues 1, 1e-3, 1e-6 in random orientations: the closed-form inverse/log-det vs scipy's eigh-based logpdf
+    b, j = 2, 3
+    q, _ = torch.linalg.qr(torch.randn(b, j, 3, 3, generator=gen, dtype=torch.float64))
+    eig = torch.tensor([1.0, 1e-3, 1e-6], dtype=torch.float64).expand(b, j, 3)
+    cov = q @ torch.diag_embed(eig) @ q.transpose(-1, -2)
+    params = GMMParams(torch.full((b, j), 1 / j, dtype=torch.float64),
+                       torch.randn(b, j, 3, generator=gen, dtype=torch.float64), cov)
+    x = params.mu.repeat_interleave(4, 1) + 1e-3 * torch.randn(b, 4 * j, 3, generator=gen, dtype=torch.float64)
+    np.testing.assert_allclose(gmm_log_likelihood(x, params).numpy(), scipy_log_likelihood(x, params), rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_points_far_from_every_component(gen, dtype):
+    # log-densities of −5000 nats underflow exp() even after the shift by the per-cloud bound: such rows are
+    # recomputed with their own max
+    params = GMMParams(torch.tensor([[0.5, 0.5]], dtype=dtype), torch.tensor([[[0.0, 0, 0], [1, 0, 0]]], dtype=dtype),
+                       torch.tensor([[1e-4, 1.0]], dtype=dtype), "iso")
+    x = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [100, 0, 0], [0, -80, 30]]], dtype=dtype, requires_grad=True)
+    ll = gmm_log_likelihood(x, params)
+    np.testing.assert_allclose(ll.detach().double().numpy(), scipy_log_likelihood(x.detach().double(), params.detach()),
+                               rtol=1e-6 if dtype == torch.float32 else 1e-12)
+    assert ll[0, 2].item() < -4000
+    ll.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_not_positive_definite_and_infinite_logits(gen):
+    x, logits = random_inputs(gen)
+    p = gmm_params(x, logits)
+    bad = GMMParams(p.pi, p.mu, p.cov.clone())
+    bad.cov[0, 1] = torch.diag(torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="not positive definite"):
+        gmm_log_likelihood(x, bad)
+    with pytest.raises(ValueError, match="not positive definite"):  # a planar cloud without eps is singular
+        gmm_nll(x * torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64), logits, eps=0.0)
+    with pytest.raises(ValueError, match="logits contain NaN or Inf"):
+        gmm_nll(x, logits.clone().index_fill_(1, torch.tensor([7]), float("-inf")))
+
+
+@pytest.mark.parametrize("sharpness", [30.0, 1000.0])
+def test_float32_gradients_match_float64(gen, sharpness):
+    # a unit-sphere cloud cut into 32 Voronoi cells, soft or sharp (median logit gap between the two best cells
+    # ≈ 0.5 or 18 nats: sharp partitions amplify rounding, see "Precision" in ssl3d.gmm): float32 follows
+    # float64 to the accuracy the module docstring states
+    x = torch.randn(4, 512, 3, generator=gen, dtype=torch.float64)
+    x = x / x.norm(dim=-1, keepdim=True).amax(1, keepdim=True)
+    logits = -sharpness * torch.cdist(x, x[:, :32]) ** 2
+    grads = {}
+    for dt in (torch.float32, torch.float64):
+        lg = logits.to(dt).requires_grad_(True)
+        loss = gmm_nll(x.to(dt), lg)
+        loss.backward()
+        grads[dt] = (loss.item(), lg.grad.double())
+    (l32, g32), (l64, g64) = grads[torch.float32], grads[torch.float64]
+    assert l32 == pytest.approx(l64, rel=1e-6, abs=1e-7)
+    assert ((g32 - g64).norm() / g64.norm()).item() < 5e-5

@@ -41,6 +41,18 @@ Covariance types (the paper's available text does not say which one it uses; all
   ``deepgmr_iso=True`` reproduces DeepGMR's released variant, which does *not* divide by 3 (its spheres are
   √3 times wider than the MLE; DeepGMR adds no ε — we still add ε for the reason below).
 
+Padded batches (``mask``)
+-------------------------
+Clouds of different sizes (a sparse U-Net gives a different number of voxels per shape) are padded to
+(B, N_max, 3) with a (B, N_max) bool ``mask``, True = real point. Padded points carry no responsibility: every
+sum over i in eqs. (2)-(5) runs over the N_b valid points of cloud b only, π_j = n_j / N_b in eq. (3), and the
+loss (7) is the mean of −log p over all valid points of the batch (Σ_b N_b of them; with no mask that is the
+mean over B·N, as above). Padded rows may hold any finite values: their coordinates are zeroed before any
+product (a padded 1e30 cannot overflow to inf and leak NaN through 0 · inf) and their features are all zero,
+so their logits reach neither the moments nor the likelihood, and their gradient is exactly 0. Each cloud
+needs at least J valid points. A masked batch gives the same parameters, loss and gradients as running each
+cloud on its own (tests/test_gmm.py checks it to ~1e-10 in float64).
+
 Numerical choices (each one keeps a degenerate case finite; none changes a well-posed case measurably)
 ----------------------------------------------------------------------------------------------------------
 - **ε = 1e-5 on the covariance diagonal** (units: coordinates², i.e. a standard-deviation floor of ≈ 3 mm on a
@@ -50,15 +62,69 @@ Numerical choices (each one keeps a degenerate case finite; none changes a well-
 - **mass floor n_j ≥ 1e-6 points** in the divisions of eqs. (4)-(5). A component the network leaves (almost)
   empty would divide 0 by 0. With the floor its mean shrinks towards the cloud's centre and its covariance
   towards εI: harmless, since its weight π_j is ~0, and gradients stay finite.
-- **log π_j in log space**: log π_j = logsumexp_i(log γ_ij) − log N with log γ = log_softmax(S). This is exact
-  even when every γ_ij of a component underflows to 0 in float32, where log(π_j) would be −∞ and its gradient
-  NaN.
-- **Likelihood in log space**: log 𝒩 through a Cholesky factor Σ = L Lᵀ (log|Σ| = 2 Σ_k log L_kk,
-  Mahalanobis distance = ‖L⁻¹(x − μ)‖²), then logsumexp over components — never exp() of a log-density.
-- **Moments in float64, coordinates centred per cloud**: eqs. (4)-(5) are computed as weighted moments
-  (Σ_j = E_γ[x xᵀ] − μ_j μ_jᵀ, one matmul, 2-4× faster than forming every x_i − μ_j); that identity
-  loses digits for small components far from the origin, which float64 and centring make irrelevant.
-  The likelihood also centres each cloud (x − μ is unchanged), so float32 clouds in scene coordinates work.
+- **log π_j = log n_j − log N_b, exactly in log space for (nearly) empty components**: where some n_j < 1e-30
+  (every γ_ij of the component underflowed, or nearly), log π_j = logsumexp_i(log γ_ij) − log N_b with
+  log γ = log_softmax(S) instead, which stays finite (log(0) would be −∞ and its gradient NaN).
+- **Likelihood in log space**: logsumexp over components, never a sum of exp() of log-densities — with the
+  shift taken from a bound instead of a max (see "Speed" below).
+- **Coordinates centred per cloud** (at the mean of its valid points) before any moment or quadratic form:
+  x − μ is unchanged, so float32 clouds in scene coordinates work.
+
+Speed: one (B, N, 10) feature tensor, two matrix products per direction, a hand-written backward
+-------------------------------------------------------------------------------------------------
+The work is ~B·N·J point–component pairs with 3 × 3 algebra (2 M pairs at B 32, N 1024, J 64), so the time goes
+into passes over (B, N, J) tensors and small-op overhead, not arithmetic. ``gmm_nll`` never builds a
+(B, N, J, 3) tensor; it makes 7 passes over (B, N, J) forward (min/max check, softmax, γ to float64, the
+moments matmul, the log-density matmul, exp, sum) and 4 backward (two matmuls, softmax backward, one copy).
+Which trick buys what (``benchmarks/gmm.py``; fwd + bwd at B 32, N 1024, J 64, one thread: the literal
+reference ≈ 400 ms, the previous version of this module ≈ 140 ms, this one ≈ 40 ms):
+
+1. **Per-point features Ψ_i = [1, x, y, z, x², xy, xz, y², yz, z²]** (B, N, 10), built once. The moments of
+   eqs. (2)-(5) are ONE matmul Ψᵀγ → (n_j, n_j E_γ[x], n_j E_γ[x xᵀ]) (:class:`_WeightedMoments`), and
+   Σ_j = E_γ[x xᵀ] − μ_j μ_jᵀ needs no (B, N, J, 3) tensor of differences x_i − μ_j (the literal eq. (5)
+   costs 4 passes over one).
+2. **The quadratic form as a matmul against the same features**: with A = Σ⁻¹, b = Aμ, c = μᵀAμ,
+   log π_j + log 𝒩(x_i | μ_j, Σ_j) = Ψ_i · θ_j, θ_j = [log π_j − ½ log|Σ_j| − (3/2) log 2π − ½ c_j, b_j,
+   −½ A_xx, −A_xy, −A_xz, −½ A_yy, −A_yz, −½ A_zz]: ONE (B, J, 10) × (B, 10, N) matmul gives every
+   log-density (the literal reference: J Cholesky solves on (B, N, 3) and a stack; the previous version: a
+   (B, N, J, 3) tensor L⁻¹x_i − L⁻¹μ_j). Computed as Lᵀ (B, J, N), the layout in which MKL's batched matmul
+   is fastest for these shapes (≈ 4× faster in float64 than producing (B, N, J) here).
+3. **Closed-form 3 × 3 algebra**: Σ⁻¹ = adj(Σ) / |Σ| with the adjugate's rows the cross products of Σ's
+   columns, |Σ| = c₀ · (c₁ × c₂), on (B, J, 3, 3) tensors in a handful of batched ops — no batched LAPACK call
+   (``cholesky_ex``/``solve_triangular`` on 2,048 tiny matrices cost more than their arithmetic) and few
+   autograd nodes; positive definiteness is checked by Sylvester's criterion.
+4. **Fused log-likelihood with a hand-written backward** (:class:`_MixtureLogLikelihood`): the logsumexp over
+   J is shifted by a per-cloud upper bound max_j (log π_j − ½ log|Σ_j| − (3/2) log 2π) ≥ every log-density
+   (the Mahalanobis term is ≥ 0), folded into the constant of θ — so no max pass and no subtraction pass
+   (rows where the bound underflows every term are recomputed with their own max). exp(L − bound) is kept,
+   and the backward needs only the posteriors r_ij = e_ij / s_i through ∂loss/∂θ_j = Σ_i (dℓ_i / s_i) e_ij Ψ_i:
+   one matmul, 1/s_i folded into the (B, N, 10) side, no (B, N, J) posterior tensor. Autograd would keep L,
+   its max, the difference and exp, and run a softmax backward plus two matmul backwards.
+5. **The moments' backward is one matmul too**: ∂loss/∂γ_ij = Ψ_i · ∂loss/∂P_j, i.e. Ψ @ dP (B, N, J) in the
+   input dtype, after which autograd's fused softmax backward gives ∂loss/∂S. The 3 × 3 algebra between the
+   moments P and the coefficients θ runs under ordinary autograd on (B, J) tensors.
+6. **Validation by one min/max pass** (``torch.aminmax`` propagates NaN) instead of ``isfinite(S).all()``,
+   which writes a (B, N, J) bool tensor and cost as much as the whole forward.
+
+Precision (float32 inputs): where float64 is needed and why
+-----------------------------------------------------------
+Expanding around a common origin trades the (B, N, J, 3) differences for cancellation: E_γ[x xᵀ] − μμᵀ and
+xᵀAx − 2bᵀx + c lose ≈ log10(T) digits, T = ‖x − centre‖² / σ_j² (cloud radius over component width, squared).
+Float32 (unit roundoff u = 6e-8) is not accurate enough for them near the ε floor: a component collapsed to
+σ² = ε = 1e-5 in a unit cloud has T = 1e5, so float32 moments would move Σ_j by ≈ 1 % of ε and the log-density
+by ≈ 0.01 nats, and a 1 cm cluster 3 m from the centre of its scene would lose its covariance entirely
+(tests/test_gmm.py::test_float32_far_from_origin_small_components). Worse for training, the gradient is a small
+difference of γ-weighted and posterior-weighted statistics (it vanishes at a fixed point of EM), so sharp
+partitions amplify these errors: with the likelihood's matmuls in float32 the gradient w.r.t. the logits was
+off by up to 4e-4 of its norm (logit gaps of 5-20 nats between neighbouring parts), against 3e-6 for the
+literal float32 reference. Hence the moments Ψᵀγ and the whole likelihood (both matmuls, exp, sum) run in
+float64 (errors ≈ 1e-16·T), and only the softmax side stays in the input dtype: γ, its backward matmul Ψ @ dP
+and the softmax backward (which takes Σ_j γ_ij t_ij from the same rounded t, so it adds no cancellation of its
+own). Measured on float32 inputs against float64 (unit-sphere clouds, 32 parts, from soft to one-hot
+partitions): loss within 1e-7 relative (the literal float32 reference: 2e-6), gradient within 3e-5 of its norm
+(the reference: 4e-6; the float32 Ψ @ dP is what is left — in float64 it would bring 3e-6 but cost a quarter
+more time), far below minibatch gradient noise. Float64 inputs run in float64 throughout (what the tests and the
+benchmark's agreement check compare with independent references).
 
 Intuition without a network: plain EM (:func:`fit_gmm_em`) alternates the E-step γ = posterior p(z | x, Θ) and
 the M-step Θ = ξ(P, γ). The bottleneck replaces the E-step with a network, so EM is reused here verbatim:
@@ -71,6 +137,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ssl3d.utils import check_points
 
@@ -90,6 +157,16 @@ COV_TYPES = ("full", "diag", "iso")
 DEFAULT_EPS = 1e-5
 DEFAULT_MASS_FLOOR = 1e-6
 _LOG_2PI = math.log(2 * math.pi)
+_F64 = torch.float64
+# below this mass (in points) log π_j is computed in log space from log γ (see "Numerical choices")
+_TINY_MASS = 1e-30
+# a row of exp(L − bound) summing to less than this (≈ √tiny of float64) is recomputed with its own max
+_UNDERFLOW = 1e-154
+# the 6 unique entries (i, j) of a symmetric 3 × 3 matrix, in the order of the features Ψ: xx, xy, xz, yy, yz, zz
+_PAIR_I, _PAIR_J = [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]
+_SYM = [0, 1, 2, 1, 3, 4, 2, 4, 5]  # 6 unique entries → the 9 of the full matrix (row-major)
+_UPPER = [0, 1, 2, 4, 5, 8]  # the full matrix (row-major) → its 6 unique entries
+_QUAD_W = [-0.5, -1.0, -1.0, -0.5, -1.0, -0.5]  # xᵀAx = Σ over the 6 pairs, off-diagonal ones twice
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -176,10 +253,41 @@ def _check_logits(points: torch.Tensor, logits) -> torch.Tensor:
                          f"more points per cloud)")
     if not logits.is_floating_point():
         raise TypeError(f"logits must be a floating-point tensor, got {logits.dtype}")
-    if not bool(torch.isfinite(logits).all()):
+    # one read-only pass: min and max are NaN if any entry is NaN, ±inf if any is ±inf
+    # (isfinite(logits).all() would write a (B, N, J) bool tensor and cost as much as the loss' forward)
+    lo, hi = torch.aminmax(logits.detach())
+    if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
         raise ValueError("logits contain NaN or Inf: check the network (learning rate, inputs) — the bottleneck "
-                         "needs finite scores for every point and component")
+                         "needs finite scores for every point and component (padded rows included: any finite "
+                         "value will do)")
     return logits
+
+
+def _check_mask(mask, points: torch.Tensor, min_valid: int) -> torch.Tensor | None:
+    """None, or the (B, N) bool validity mask after checking it; every cloud needs ``min_valid`` valid points."""
+    if mask is None:
+        return None
+    b, n, _ = points.shape
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a (B, N) = ({b}, {n}) bool torch.Tensor (True = real point), "
+                        f"got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor (True = real point, False = padding), got {mask.dtype}: "
+                        f"use mask.bool() or build it as lengths[:, None] > torch.arange(N)")
+    if tuple(mask.shape) != (b, n):
+        raise ValueError(f"mask must have shape (B, N) = ({b}, {n}) to match points {tuple(points.shape)}, "
+                         f"got {tuple(mask.shape)}")
+    if mask.device != points.device:
+        raise ValueError(f"mask is on {mask.device} but points are on {points.device}: move it with "
+                         f"mask.to(points.device)")
+    counts = mask.sum(1)
+    short = (counts < min_valid).nonzero()
+    if len(short):
+        c = int(short[0, 0])
+        need = (f"at least J = {min_valid} valid points (one per component): drop that cloud from the batch "
+                f"or use fewer components") if min_valid > 1 else "at least one valid point: drop it from the batch"
+        raise ValueError(f"mask leaves cloud {c} with {int(counts[c])} valid points; every cloud needs {need}")
+    return mask
 
 
 def _check_params(points: torch.Tensor, params: GMMParams) -> None:
@@ -190,22 +298,152 @@ def _check_params(points: torch.Tensor, params: GMMParams) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Per-point features and the two heavy products (all other work is on (B, J) tensors)
+# ----------------------------------------------------------------------------------------------------------
+def _features(points: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ψ_i = [1, x, y, z, x², xy, xz, y², yz, z²] of the centred points, in float64: (B, N, 3) → (B, N, 10).
+
+    Also returns the centre (B, 1, 3), the mean of the valid points. Padded rows of Ψ are all zero (the "1"
+    included), so padded points drop out of every product; their coordinates are zeroed *before* squaring.
+    """
+    xd = points.to(_F64)
+    if valid is None:
+        centre = xd.mean(dim=1, keepdim=True)  # (B, 1, 3)
+        xc = xd - centre  # (B, N, 3)
+        one = torch.ones_like(xc[..., 0])  # (B, N)
+    else:
+        v = valid.unsqueeze(-1)  # (B, N, 1)
+        xd = torch.where(v, xd, 0.0)  # padding → 0: any finite value is safe
+        centre = xd.sum(dim=1, keepdim=True) / valid.sum(1).to(_F64).view(-1, 1, 1)  # (B, 1, 3)
+        xc = torch.where(v, xd - centre, 0.0)  # (B, N, 3)
+        one = valid.to(_F64)  # (B, N)
+    psi = torch.cat([one.unsqueeze(-1), xc, xc[..., _PAIR_I] * xc[..., _PAIR_J]], dim=-1)  # (B, N, 10)
+    return psi, centre
+
+
+class _WeightedMoments(torch.autograd.Function):
+    """P = Ψᵀγ in float64: (B, N, J) γ, (B, N, 10) Ψ → (B, 10, J) = (n_j, Σ_i γ_ij x_i, Σ_i γ_ij x_i x_iᵀ).
+
+    Forward in float64 (the covariance is a difference of these moments, see "Precision"); backward
+    ∂/∂γ = Ψ @ dP (B, N, J) in γ's dtype, and ∂/∂Ψ = γ @ dPᵀ only when the points need a gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, gamma, psi):
+        ctx.gamma_dtype = gamma.dtype
+        ctx.save_for_backward(gamma if ctx.needs_input_grad[1] else None, psi)
+        return psi.transpose(1, 2) @ gamma.to(psi.dtype)  # (B, 10, N) @ (B, N, J) → (B, 10, J)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_p):
+        gamma, psi = ctx.saved_tensors
+        d_gamma = d_psi = None
+        if ctx.needs_input_grad[0]:
+            dt = ctx.gamma_dtype
+            d_gamma = psi.to(dt) @ d_p.to(dt)  # (B, N, 10) @ (B, 10, J) → (B, N, J)
+        if ctx.needs_input_grad[1]:
+            d_psi = gamma.to(psi.dtype) @ d_p.transpose(1, 2)  # (B, N, J) @ (B, J, 10) → (B, N, 10)
+        return d_gamma, d_psi
+
+
+class _MixtureLogLikelihood(torch.autograd.Function):
+    """ℓ_i = logsumexp_j (Ψ_i · θ_j): (B, N, 10) Ψ, (B, 10, J) θ, (B,) bound → (B, N) float64.
+
+    ``bound`` must be ≥ every Ψ_i · θ_j of its cloud (up to rounding): the exponentials are taken of
+    Ψ_i · θ_j − bound, so none overflows and no max pass is needed. Rows whose every term underflows (sum
+    below ``_UNDERFLOW``) are recomputed with their own max. ℓ does not depend on the bound (no gradient).
+    Everything in float64 (see "Precision"): Lᵀ = θᵀΨᵀ (B, J, N), e = exp(L − bound) kept for the backward,
+    s_i = Σ_j e_ij; backward ∂/∂θ_j = Σ_i (dℓ_i / s_i) e_ij Ψ_i (one matmul), plus ∂/∂Ψ_i = (dℓ_i / s_i)
+    Σ_j e_ij θ_j when the points need a gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, psi, theta, bound):
+        shifted = theta.clone()
+        shifted[:, 0] -= bound.unsqueeze(-1)  # the constant feature carries the shift
+        e = (shifted.transpose(1, 2) @ psi.transpose(1, 2)).exp_()  # (B, J, 10) @ (B, 10, N) → (B, J, N)
+        s = e.sum(dim=1)  # (B, N)
+        shift = bound.unsqueeze(-1).expand(s.shape).clone()  # (B, N)
+        low = s < _UNDERFLOW
+        if bool(low.any()):  # points far (in Mahalanobis terms) from every component: exact max shift
+            bi, ni = low.nonzero(as_tuple=True)
+            rows = (psi[bi, ni].unsqueeze(1) @ shifted[bi]).squeeze(1)  # (K, J)
+            peak = rows.amax(dim=-1, keepdim=True)  # (K, 1)
+            e_rows = (rows - peak).exp()  # (K, J)
+            e[bi, :, ni] = e_rows
+            s[bi, ni] = e_rows.sum(-1)
+            shift[bi, ni] += peak.squeeze(-1)
+        ctx.save_for_backward(psi, theta, e, s)
+        return s.log() + shift
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_ll):
+        psi, theta, e, s = ctx.saved_tensors
+        w = d_ll / s  # (B, N)   dℓ_i / s_i: r_ij dℓ_i = e_ij w_i
+        d_psi = d_theta = None
+        if ctx.needs_input_grad[1]:
+            d_theta = (psi * w.unsqueeze(-1)).transpose(1, 2) @ e.transpose(1, 2)  # (B, 10, N) @ (B, N, J)
+        if ctx.needs_input_grad[0]:
+            d_psi = (e.transpose(1, 2) @ theta.transpose(1, 2)) * w.unsqueeze(-1)  # (B, N, J) @ (B, J, 10)
+        return d_psi, d_theta, None
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The 3 × 3 algebra, on (B, J) tensors, in float64
+# ----------------------------------------------------------------------------------------------------------
+def _coefficients(log_pi: torch.Tensor, mu: torch.Tensor, cov: torch.Tensor, cov_type: str):
+    """θ with log π_j + log 𝒩(x_i | μ_j, Σ_j) = Ψ_i · θ_j, and κ_j = log π_j − ½ log|Σ_j| − (3/2) log 2π.
+
+    log_pi (B, J), mu (B, J, 3) (centred like Ψ), cov as in :class:`GMMParams` → θ (B, 10, J), κ (B, J).
+    (x − μ)ᵀA(x − μ) = xᵀAx − 2 bᵀx + c with A = Σ⁻¹, b = Aμ, c = μᵀb. "full": Σ is read from its lower
+    triangle (as a Cholesky factorisation would), A = adj(Σ) / |Σ| with the rows of the adjugate the cross
+    products of Σ's columns (c₁ × c₂, c₂ × c₀, c₀ × c₁) and |Σ| = c₀ · (c₁ × c₂) — a few batched ops, no LAPACK.
+    """
+    if cov_type == "full":
+        sym = torch.tril(cov) + torch.tril(cov, -1).transpose(-1, -2)  # (B, J, 3, 3)
+        adj = torch.linalg.cross(sym[..., [1, 2, 0], :], sym[..., [2, 0, 1], :], dim=-1)  # (B, J, 3, 3)
+        det = (sym[..., 0, :] * adj[..., 0, :]).sum(-1)  # (B, J)
+        if not bool(((sym[..., 0, 0] > 0) & (adj[..., 2, 2] > 0) & (det > 0)).all()):  # Sylvester's criterion
+            raise ValueError("a covariance matrix is not positive definite: build params with gmm_params "
+                             "(which adds eps to the diagonal) or increase eps")
+        inv = adj / det[..., None, None]  # (B, J, 3, 3)   Σ⁻¹
+        b = (inv @ mu.unsqueeze(-1)).squeeze(-1)  # (B, J, 3)
+        quad = inv.flatten(-2)[..., _UPPER] * inv.new_tensor(_QUAD_W)  # (B, J, 6)
+        logdet = det.log()
+    else:
+        var = cov if cov_type == "diag" else cov.unsqueeze(-1).expand(*cov.shape, 3)  # (B, J, 3)
+        if not bool((var > 0).all()):
+            raise ValueError(f"a variance of the '{cov_type}' covariances is ≤ 0: build params with gmm_params "
+                             f"(which adds eps) or use positive variances")
+        inv = 1.0 / var  # (B, J, 3)   the diagonal of Σ⁻¹
+        b = mu * inv
+        quad = inv[..., _PAIR_I] * inv.new_tensor([-0.5, 0.0, 0.0, -0.5, 0.0, -0.5])  # (B, J, 6)
+        logdet = var.log().sum(-1)
+    c = (b * mu).sum(-1)  # (B, J)   μᵀΣ⁻¹μ
+    kappa = log_pi - 0.5 * logdet - 1.5 * _LOG_2PI  # (B, J)   the log-density at the mean
+    theta = torch.cat([(kappa - 0.5 * c).unsqueeze(-1), b, quad], dim=-1).transpose(1, 2)  # (B, 10, J)
+    return theta, kappa
+
+
+@dataclass
+class _Mixture:
+    psi: torch.Tensor  # (B, N, 10) float64 features
+    centre: torch.Tensor  # (B, 1, 3) float64
+    log_pi: torch.Tensor  # (B, J) float64
+    mu: torch.Tensor  # (B, J, 3) float64, centred
+    cov: torch.Tensor  # float64, shape by type
+    valid: torch.Tensor | None  # (B, N) bool
+    counts: torch.Tensor  # (B,) float64: N_b
+    dtype: torch.dtype  # the inputs' (promoted) dtype
+
+
+# ----------------------------------------------------------------------------------------------------------
 # 1. From a soft partition to a Gaussian mixture: eqs. (1)-(5)
 # ----------------------------------------------------------------------------------------------------------
-def gmm_params(points: torch.Tensor, logits: torch.Tensor, cov: str = "full", eps: float = DEFAULT_EPS,
-               deepgmr_iso: bool = False, mass_floor: float = DEFAULT_MASS_FLOOR) -> GMMParams:
-    """The Gaussian mixture implied by a soft partition (the weighted M-step, eqs. 1-5).
-
-    Args:
-        points: (B, N, 3) clouds.
-        logits: (B, N, J) per-point scores over J components (any real numbers; softmax over J is applied).
-        cov: "full", "diag" or "iso" (see the module docstring).
-        eps: added to every variance (the covariance diagonal); bounds the density and keeps Σ_j invertible.
-        deepgmr_iso: with ``cov="iso"``, DeepGMR's σ² = Σ γ‖x − μ‖² / n_j (no division by 3).
-        mass_floor: lower bound on n_j = Σ_i γ_ij in the divisions, so empty components stay finite.
-    Returns:
-        :class:`GMMParams` with pi (B, J), mu (B, J, 3), cov (shape by type), log_pi (B, J).
-    """
+def _mixture(points, logits, cov: str = "full", eps: float = DEFAULT_EPS, deepgmr_iso: bool = False,
+             mass_floor: float = DEFAULT_MASS_FLOOR, mask: torch.Tensor | None = None) -> _Mixture:
     points = _check_points_batched(points)
     logits = _check_logits(points, logits)
     if cov not in COV_TYPES:
@@ -216,118 +454,130 @@ def gmm_params(points: torch.Tensor, logits: torch.Tensor, cov: str = "full", ep
         raise ValueError(f"eps must be ≥ 0, got {eps}")
     if not mass_floor > 0:
         raise ValueError(f"mass_floor must be > 0, got {mass_floor}")
+    valid = _check_mask(mask, points, min_valid=logits.shape[2])
     dtype = torch.promote_types(points.dtype, logits.dtype)
-    x, logits = points.to(dtype), logits.to(dtype)
-    n = x.shape[1]
+    logits = logits.to(dtype)
+    b, n, _ = points.shape
+    counts = (torch.full((b,), float(n), dtype=_F64, device=points.device) if valid is None
+              else valid.sum(1).to(_F64))  # (B,)   N_b
 
-    # (1) responsibilities, in probability and in log space
-    log_gamma = torch.log_softmax(logits, dim=-1)  # (B, N, J)
-    gamma = log_gamma.exp()  # (B, N, J)
+    psi, centre = _features(points, valid)  # (B, N, 10), (B, 1, 3)
+    gamma = torch.softmax(logits, dim=-1)  # (B, N, J)   (1)
+    moments = _WeightedMoments.apply(gamma, psi)  # (B, 10, J) float64: n_j, Σ γ x, Σ γ x xᵀ
+    mass = moments[:, 0]  # (B, J)   n_j   (2)
 
-    # (2)-(3) mass and mixing weights; log π in log space so that an empty component is not log(0)
-    log_pi = torch.logsumexp(log_gamma, dim=1) - math.log(n)  # (B, J)
-    pi = log_pi.exp()  # (B, J)
+    # (3) log π_j = log n_j − log N_b; in log space from log γ where some component is (nearly) empty
+    if bool((mass < _TINY_MASS).any()):
+        log_gamma = torch.log_softmax(logits, dim=-1)  # (B, N, J)
+        if valid is not None:
+            log_gamma = log_gamma.masked_fill(~valid.unsqueeze(-1), float("-inf"))
+        log_pi = torch.logsumexp(log_gamma, dim=1).to(_F64) - counts.log().unsqueeze(-1)  # (B, J)
+    else:
+        log_pi = mass.log() - counts.log().unsqueeze(-1)  # (B, J)
 
-    # (4)-(5) as weighted moments: μ_j = Σ_i γ_ij x_i / n_j and Σ_j = Σ_i γ_ij x_i x_iᵀ / n_j − μ_j μ_jᵀ, all from
-    # ONE matmul of γᵀ with the per-point features [x_i, vec(x_i x_iᵀ)]. Writing eq. (5) literally instead needs
-    # the (B, N, J, 3) tensor x_i − μ_j and is 2-4× slower (benchmarks/gmm.py). The subtraction
-    # E[xxᵀ] − μμᵀ cancels digits when a component is small and far from the origin, so it runs in float64 on
-    # coordinates centred at each cloud's mean (a shift changes no covariance): its error, ~1e-16 ‖μ_j‖², is far
-    # below ε, and float64 on a (B, N, 12) × (B, N, J) product is still cheap.
-    acc = torch.float64
-    xd = x.to(acc)  # (B, N, 3)
-    centre = xd.mean(dim=1, keepdim=True)  # (B, 1, 3)
-    xc = xd - centre  # (B, N, 3)
-    moments_in = torch.cat([xc, (xc.unsqueeze(-1) * xc.unsqueeze(-2)).flatten(2)], dim=-1)  # (B, N, 3 + 9)
-    g = gamma.to(acc)  # (B, N, J)
-    mass = g.sum(dim=1)  # (B, J)   n_j
-    denom = mass.clamp_min(mass_floor)  # (B, J)   n_j floored: an empty component gives 0/floor, not 0/0
-    moments = g.transpose(1, 2) @ moments_in / denom.unsqueeze(-1)  # (B, J, N) @ (B, N, 12) → (B, J, 12)
-    mu_c = moments[..., :3]  # (B, J, 3)   μ_j − centre
-    scatter = moments[..., 3:].unflatten(-1, (3, 3)) - mu_c.unsqueeze(-1) * mu_c.unsqueeze(-2)  # (B, J, 3, 3)
-    scatter = 0.5 * (scatter + scatter.transpose(-1, -2))  # exactly symmetric despite rounding
-    mu = (mu_c + centre).to(dtype)  # (B, J, 3)
+    # (4)-(5) as weighted moments: μ_j = Σ_i γ_ij x_i / n_j, Σ_j = Σ_i γ_ij x_i x_iᵀ / n_j − μ_j μ_jᵀ (+ ε I);
+    # n_j floored in the division so that an empty component gives 0/floor, not 0/0
+    m = (moments[:, 1:] / mass.clamp_min(mass_floor).unsqueeze(1)).transpose(1, 2)  # (B, J, 9) E_γ[x], E_γ[x xᵀ]
+    mu = m[..., :3]  # (B, J, 3)   μ_j − centre
+    second = m[..., 3:][..., _SYM].unflatten(-1, (3, 3))  # (B, J, 3, 3)   E_γ[x xᵀ], symmetric
+    scatter = second - mu.unsqueeze(-1) * mu.unsqueeze(-2)  # (B, J, 3, 3)   exactly symmetric
     if cov == "full":
-        sigma = scatter + eps * torch.eye(3, dtype=acc, device=x.device)  # (B, J, 3, 3)
+        sigma = scatter + eps * torch.eye(3, dtype=_F64, device=scatter.device)  # (B, J, 3, 3)
     elif cov == "diag":
         sigma = torch.diagonal(scatter, dim1=-2, dim2=-1) + eps  # (B, J, 3)   per-axis variances
     else:
-        sq = torch.diagonal(scatter, dim1=-2, dim2=-1).sum(-1)  # (B, J)   Σ_i γ_ij ‖x_i − μ_j‖² / n_j = tr Σ_j
         dims = 1 if deepgmr_iso else 3  # DeepGMR does not divide by the dimension
-        sigma = sq / dims + eps  # (B, J)
-    sigma = sigma.to(dtype)
-    return GMMParams(pi=pi, mu=mu, cov=sigma, cov_type=cov, log_pi=log_pi)
+        sigma = torch.diagonal(scatter, dim1=-2, dim2=-1).sum(-1) / dims + eps  # (B, J)   Σ γ ‖x − μ‖² / (dims n)
+    return _Mixture(psi, centre, log_pi, mu, sigma, valid, counts, dtype)
+
+
+def gmm_params(points: torch.Tensor, logits: torch.Tensor, cov: str = "full", eps: float = DEFAULT_EPS,
+               deepgmr_iso: bool = False, mass_floor: float = DEFAULT_MASS_FLOOR,
+               mask: torch.Tensor | None = None) -> GMMParams:
+    """The Gaussian mixture implied by a soft partition (the weighted M-step, eqs. 1-5).
+
+    Args:
+        points: (B, N, 3) clouds.
+        logits: (B, N, J) per-point scores over J components (any real numbers; softmax over J is applied).
+        cov: "full", "diag" or "iso" (see the module docstring).
+        eps: added to every variance (the covariance diagonal); bounds the density and keeps Σ_j invertible.
+        deepgmr_iso: with ``cov="iso"``, DeepGMR's σ² = Σ γ‖x − μ‖² / n_j (no division by 3).
+        mass_floor: lower bound on n_j = Σ_i γ_ij in the divisions, so empty components stay finite.
+        mask: optional (B, N) bool, True = real point: padded points get no responsibility and π_j = n_j / N_b
+            (see "Padded batches" in the module docstring). Each cloud needs at least J valid points.
+    Returns:
+        :class:`GMMParams` with pi (B, J), mu (B, J, 3), cov (shape by type), log_pi (B, J), in the inputs' dtype.
+    """
+    mix = _mixture(points, logits, cov, eps, deepgmr_iso, mass_floor, mask)
+    dt = mix.dtype
+    return GMMParams(pi=mix.log_pi.exp().to(dt), mu=(mix.mu + mix.centre).to(dt), cov=mix.cov.to(dt), cov_type=cov,
+                     log_pi=mix.log_pi.to(dt))
 
 
 # ----------------------------------------------------------------------------------------------------------
 # 2. The likelihood of the points under the mixture: eq. (6), in log space
 # ----------------------------------------------------------------------------------------------------------
-def component_log_prob(points: torch.Tensor, params: GMMParams) -> torch.Tensor:
-    """log π_j + log 𝒩(x_i | μ_j, Σ_j) for every point and component: (B, N, 3) → (B, N, J).
-
-    log 𝒩(x | μ, Σ) = −½ (x − μ)ᵀ Σ⁻¹ (x − μ) − ½ log|Σ| − (3/2) log 2π.
-    For "full", Σ = L Lᵀ (Cholesky) gives (x − μ)ᵀ Σ⁻¹ (x − μ) = ‖L⁻¹(x − μ)‖² and log|Σ| = 2 Σ_k log L_kk.
-    L⁻¹ is one 3 × 3 triangular solve per component; L⁻¹(x_i − μ_j) = L⁻¹x_i − L⁻¹μ_j applies all J of them
-    to every point in one matmul (coordinates centred per cloud, which changes no x − μ, to keep them small).
-    """
+def _params_coefficients(points, params: GMMParams, mask):
     points = _check_points_batched(points)
     _check_params(points, params)
-    dtype = torch.promote_types(points.dtype, params.mu.dtype)
-    b, n, _ = points.shape
-    j = params.num_components
-    centre = points.to(dtype).mean(dim=1, keepdim=True)  # (B, 1, 3)
-    x, mu, sigma = points.to(dtype) - centre, params.mu.to(dtype) - centre, params.cov.to(dtype)
-    if params.cov_type == "full":
-        chol, info = torch.linalg.cholesky_ex(sigma)  # (B, J, 3, 3) lower-triangular L
-        if bool((info != 0).any()):
-            raise ValueError("a covariance matrix is not positive definite: build params with gmm_params "
-                             "(which adds eps to the diagonal) or increase eps")
-        eye = torch.eye(3, dtype=dtype, device=x.device).expand_as(chol)
-        chol_inv = torch.linalg.solve_triangular(chol, eye, upper=False)  # (B, J, 3, 3)   L⁻¹
-        lx = (x @ chol_inv.reshape(b, j * 3, 3).transpose(1, 2)).view(b, n, j, 3)  # (B, N, J, 3)   L⁻¹ x_i
-        lmu = (chol_inv @ mu.unsqueeze(-1)).squeeze(-1)  # (B, J, 3)   L⁻¹ μ_j
-        z = lx - lmu.unsqueeze(1)  # (B, N, J, 3)   L⁻¹ (x_i − μ_j)
-        maha = (z * z).sum(-1)  # (B, N, J)
-        logdet = 2 * torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)  # (B, J)
-    elif params.cov_type == "diag":
-        diff = x.unsqueeze(2) - mu.unsqueeze(1)  # (B, N, J, 3)
-        maha = (diff * diff / sigma.unsqueeze(1)).sum(-1)  # (B, N, J)
-        logdet = sigma.log().sum(-1)  # (B, J)
-    else:
-        diff = x.unsqueeze(2) - mu.unsqueeze(1)  # (B, N, J, 3)
-        maha = (diff * diff).sum(-1) / sigma.unsqueeze(1)  # (B, N, J)
-        logdet = 3 * sigma.log()  # (B, J)
-    # log π_j − ½ log|Σ_j| − (3/2) log 2π is per component: fold it into one (B, J) term before broadcasting
-    const = params.log_pi.to(dtype) - 0.5 * logdet - 1.5 * _LOG_2PI  # (B, J)
-    return const.unsqueeze(1) - 0.5 * maha  # (B, N, J)
+    valid = _check_mask(mask, points, min_valid=1)
+    psi, centre = _features(points, valid)  # (B, N, 10), (B, 1, 3)
+    theta, kappa = _coefficients(params.log_pi.to(_F64), params.mu.to(_F64) - centre, params.cov.to(_F64),
+                                 params.cov_type)
+    return psi, theta, kappa, valid, torch.promote_types(points.dtype, params.mu.dtype)
 
 
-def gmm_log_likelihood(points: torch.Tensor, params: GMMParams) -> torch.Tensor:
-    """log p(x_i | Θ) = logsumexp_j [log π_j + log 𝒩(x_i | μ_j, Σ_j)] (eq. 6): (B, N, 3) → (B, N)."""
-    return torch.logsumexp(component_log_prob(points, params), dim=-1)
+def component_log_prob(points: torch.Tensor, params: GMMParams, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """log π_j + log 𝒩(x_i | μ_j, Σ_j) for every point and component: (B, N, 3) → (B, N, J).
+
+    log 𝒩(x | μ, Σ) = −½ (x − μ)ᵀ Σ⁻¹ (x − μ) − ½ log|Σ| − (3/2) log 2π, computed as Ψ_i · θ_j (one float64
+    matmul of the per-point features against per-component coefficients, see "Speed" in the module docstring;
+    coordinates centred per cloud). ``mask`` (B, N) bool: padded rows are 0.
+    """
+    psi, theta, _, _, dtype = _params_coefficients(points, params, mask)
+    return (psi @ theta).to(dtype)  # (B, N, 10) @ (B, 10, J) → (B, N, J); padded rows of Ψ are 0
 
 
-def log_responsibilities(points: torch.Tensor, params: GMMParams) -> torch.Tensor:
+def gmm_log_likelihood(points: torch.Tensor, params: GMMParams, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(x_i | Θ) = logsumexp_j [log π_j + log 𝒩(x_i | μ_j, Σ_j)] (eq. 6): (B, N, 3) → (B, N).
+
+    ``mask`` (B, N) bool: padded entries are 0 (so ``ll.sum() / mask.sum()`` is the mean over valid points).
+    """
+    psi, theta, kappa, valid, dtype = _params_coefficients(points, params, mask)
+    ll = _MixtureLogLikelihood.apply(psi, theta, kappa.detach().amax(-1))  # (B, N) float64
+    if valid is not None:
+        ll = torch.where(valid, ll, 0.0)
+    return ll.to(dtype)
+
+
+def log_responsibilities(points: torch.Tensor, params: GMMParams, mask: torch.Tensor | None = None) -> torch.Tensor:
     """log posterior log p(z_i = j | x_i, Θ) (Bayes' rule, the E-step of EM): (B, N, 3) → (B, N, J).
 
-    Rows are log-normalised (logsumexp over J is 0); ``.exp()`` gives the responsibilities.
+    Rows are log-normalised (logsumexp over J is 0); ``.exp()`` gives the responsibilities. Padded rows
+    (``mask`` False) are uniform, −log J.
     """
-    joint = component_log_prob(points, params)  # (B, N, J)
+    joint = component_log_prob(points, params, mask)  # (B, N, J)
     return joint - torch.logsumexp(joint, dim=-1, keepdim=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # 3. The self-supervised loss: eq. (7)
 # ----------------------------------------------------------------------------------------------------------
-def gmm_nll(points: torch.Tensor, logits: torch.Tensor, **kw) -> torch.Tensor:
+def gmm_nll(points: torch.Tensor, logits: torch.Tensor, mask: torch.Tensor | None = None, **kw) -> torch.Tensor:
     """Mean negative log-likelihood of the points under the mixture their logits define (eq. 7): a scalar.
 
-    The mean runs over all B·N points (per-point nats; independent of N, comparable across batch sizes).
+    The mean runs over all B·N points (per-point nats; independent of N, comparable across batch sizes), or
+    over the Σ_b N_b valid points with ``mask`` ((B, N) bool, True = real point; padded points count nowhere).
     ``kw`` goes to :func:`gmm_params` (cov, eps, deepgmr_iso, mass_floor). The points carry no gradient of
-    their own in pre-training, so the network is trained only through the responsibilities γ = softmax(logits).
+    their own in pre-training, so the network is trained only through the responsibilities γ = softmax(logits);
+    gradients w.r.t. the points are computed too when they require one.
     """
-    params = gmm_params(points, logits, **kw)
-    return -gmm_log_likelihood(points, params).mean()
+    mix = _mixture(points, logits, mask=mask, **kw)
+    theta, kappa = _coefficients(mix.log_pi, mix.mu, mix.cov, kw.get("cov", "full"))
+    ll = _MixtureLogLikelihood.apply(mix.psi, theta, kappa.detach().amax(-1))  # (B, N) float64
+    if mix.valid is None:
+        return -ll.mean().to(mix.dtype)
+    return -(torch.where(mix.valid, ll, 0.0).sum() / mix.counts.sum()).to(mix.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------
