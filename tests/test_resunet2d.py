@@ -1,0 +1,148 @@
+"""The 2D network of image-to-point (ssl3d.models.resunet2d): torchvision's ResNet keys and parameter counts, the
+Monodepth2 decoder's layout, unit features at the input's resolution, encoder freezing, checkpoints."""
+
+import pytest
+import torch
+
+from ssl3d.models.resunet2d import PRESETS, ResUNet2d, build_resunet2d, load_imagenet, load_resunet2d, save_resunet2d
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_thread):
+    """One thread (conftest.one_thread)."""
+
+
+def torchvision_resnet_shapes(layers, width=64) -> dict:
+    """Key → shape of torchvision's ``resnet{18,34}().state_dict()``, enumerated from torchvision's ``ResNet`` /
+    ``BasicBlock`` definitions (conv1, bn1, layer{1-4}.{b}.conv{1,2}/bn{1,2}, downsample.{0,1} where the stride or
+    width changes, fc with 1,000 classes)."""
+    out = {}
+
+    def bn(name, c):
+        out.update({f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
+                    f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()})
+
+    out["conv1.weight"] = (width, 3, 7, 7)
+    bn("bn1", width)
+    inplanes = width
+    for i, n in enumerate(layers):
+        planes = width * 2 ** i
+        for b in range(n):
+            pre = f"layer{i + 1}.{b}"
+            cin = inplanes if b == 0 else planes
+            out[f"{pre}.conv1.weight"] = (planes, cin, 3, 3)
+            bn(f"{pre}.bn1", planes)
+            out[f"{pre}.conv2.weight"] = (planes, planes, 3, 3)
+            bn(f"{pre}.bn2", planes)
+            if b == 0 and i > 0:
+                out[f"{pre}.downsample.0.weight"] = (planes, cin, 1, 1)
+                bn(f"{pre}.downsample.1", planes)
+        inplanes = planes
+    out["fc.weight"], out["fc.bias"] = (1000, 8 * width), (1000,)
+    return out
+
+
+def _count(shapes):
+    n = 0
+    for k, s in shapes.items():
+        if "running" in k or "num_batches" in k:
+            continue
+        n += int(torch.tensor(s).prod()) if s else 1
+    return n
+
+
+@pytest.fixture(scope="module")
+def resnet34():
+    return build_resunet2d("resnet34")
+
+
+def test_encoder_has_torchvisions_keys_shapes_and_parameter_counts(resnet34):
+    for preset, total in (("resnet34", 21_797_672), ("resnet18", 11_689_512)):  # torchvision's documented counts
+        ref = torchvision_resnet_shapes(PRESETS[preset]["layers"])
+        assert _count(ref) == total
+        net = resnet34 if preset == "resnet34" else build_resunet2d(preset)
+        enc = {k: tuple(v.shape) for k, v in net.encoder.state_dict().items()}
+        assert enc == {k: v for k, v in ref.items() if not k.startswith("fc.")}
+        assert sum(p.numel() for p in net.encoder.parameters()) == total - 513_000  # minus fc (512·1000 + 1000)
+
+
+def test_imagenet_state_dict_loads_with_strict_keys(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    ref = torchvision_resnet_shapes((2, 2, 2, 2), width=16)  # torchvision's layout at a quarter width (small file)
+    state = {k: (torch.randn(s, generator=g) if s else torch.tensor(7)) for k, s in ref.items()}
+    state = {k: v.long() if "num_batches" in k else v for k, v in state.items()}
+    path = tmp_path / "resnet18_w16.pth"
+    torch.save({f"module.{k}": v for k, v in state.items()}, path)  # a DDP prefix is stripped too
+    net = load_imagenet(build_resunet2d("resnet18-w16"), path)
+    for k, v in net.encoder.state_dict().items():
+        torch.testing.assert_close(v, state[k])
+    with pytest.raises(ValueError, match=r"missing keys \[.*layer1\.2\.conv1\.weight"):
+        load_imagenet(ResUNet2d(layers=(3, 4, 6, 3), width=16), path)  # ResNet-18 weights into a ResNet-34
+    with pytest.raises(ValueError, match=r"shape mismatches \[conv1\.weight"):
+        load_imagenet(build_resunet2d("resnet18"), path)  # width 16 weights into width 64
+    with pytest.raises(FileNotFoundError, match="from scratch"):
+        load_imagenet(build_resunet2d("resnet18"), tmp_path / "absent.pth")
+
+
+def test_decoder_layout_is_monodepth2s(resnet34):
+    sd = resnet34.state_dict()
+    dec, enc = (16, 32, 64, 128, 256), (64, 64, 128, 256, 512)
+    for i in range(5):
+        cin0 = enc[4] if i == 4 else dec[i + 1]
+        cin1 = dec[i] + (enc[i - 1] if i > 0 else 0)
+        assert tuple(sd[f"decoder.upconv_{i}_0.conv.conv.weight"].shape) == (dec[i], cin0, 3, 3)
+        assert tuple(sd[f"decoder.upconv_{i}_1.conv.conv.weight"].shape) == (dec[i], cin1, 3, 3)
+    assert tuple(sd["decoder.outconv.conv.weight"].shape) == (16, 16, 3, 3)
+    released = ResUNet2d(layers=(1, 1, 1, 1), skip_stem=False)  # the released decoder: no 1/2-scale skip
+    assert tuple(released.state_dict()["decoder.upconv_1_1.conv.conv.weight"].shape) == (32, 32, 3, 3)
+    assert "mean" not in sd and "std" not in sd  # input normalisation constants are not weights
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (50, 70), (120, 160)])
+def test_output_is_unit_length_at_the_input_resolution(hw):
+    net = build_resunet2d("resnet18-w16").eval()
+    with torch.no_grad():
+        y = net(torch.rand(2, 3, *hw, generator=torch.Generator().manual_seed(0)))
+    assert y.shape == (2, 16, *hw)
+    torch.testing.assert_close(y.norm(dim=1), torch.ones(2, *hw))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        net(torch.rand(3, *hw))
+
+
+def test_odd_sizes_are_padded_at_the_bottom_right_and_cropped_back():
+    """A 50 × 45 image gives the top-left 50 × 45 of the output for the image extended to 64 × 64 by repeating its last
+    row and column: pixel (row, column) of the output belongs to pixel (row, column) of the input."""
+    net = build_resunet2d("resnet18-w16").eval()
+    x = torch.rand(1, 3, 50, 45, generator=torch.Generator().manual_seed(3))
+    big = torch.cat([x, x[:, :, -1:].expand(1, 3, 14, 45)], 2)  # rows 50…63 repeat row 49
+    big = torch.cat([big, big[..., -1:].expand(1, 3, 64, 19)], 3)  # columns 45…63 repeat column 44
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net(big)[..., :50, :45])
+
+
+def test_frozen_encoder_gets_no_gradient():
+    net = build_resunet2d("resnet18-w16")
+    x = torch.rand(2, 3, 32, 32)
+    net.freeze_encoder()
+    net(x).sum().backward()
+    assert all(p.grad is None for p in net.encoder.parameters())
+    assert all(p.grad is not None for p in net.decoder.parameters())
+    net.zero_grad(set_to_none=True)
+    net.unfreeze_encoder()
+    net(x).sum().backward()
+    assert all(p.grad is not None for p in net.encoder.parameters())
+
+
+def test_checkpoint_round_trip(tmp_path):
+    net = build_resunet2d("resnet18-w16", skip_stem=False).eval()
+    path = save_resunet2d(net, tmp_path / "net2d.pt", steps=3)
+    net2, meta = load_resunet2d(path, return_meta=True)
+    assert meta == {"steps": 3} and net2.config == net.config
+    x = torch.rand(1, 3, 40, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(net2.eval()(x), net(x))
+    with pytest.raises(FileNotFoundError, match="pixel_contrast"):
+        load_resunet2d(tmp_path / "absent.pt")
+    torch.save({"x": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a ResUNet2d checkpoint"):
+        load_resunet2d(tmp_path / "other.pt")
