@@ -1,0 +1,66 @@
+"""The worked solutions of the notebooks' exercises (notebooks/solutions/) say what they compute."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SOLUTIONS = Path(__file__).resolve().parents[1] / "notebooks" / "solutions"
+
+
+def load(stem: str):
+    path = SOLUTIONS / f"{stem}.py"
+    spec = importlib.util.spec_from_file_location(f"solutions_{stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_every_notebook_with_exercises_has_solutions():
+    import json
+
+    for nb in sorted((SOLUTIONS.parent).glob("[0-9][0-9]_*.ipynb")):
+        text = "".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"])
+        if "## Exercises" in text:
+            assert (SOLUTIONS / f"{nb.stem}.py").is_file(), f"{nb.name} has exercises but no solutions file"
+            assert f"notebooks/solutions/{nb.stem}.py" in text, f"{nb.name} does not point to its solutions"
+
+
+@pytest.fixture(scope="module")
+def airplane():
+    return load("00_point_clouds_101").airplane(4096)
+
+
+def test_00_solutions(airplane):
+    s = load("00_point_clouds_101")
+    points, normals = airplane
+    e1 = s.exercise_1(points)
+    assert all(a > b for a, b in zip(e1["counts"], e1["counts"][1:]))
+    assert -2.3 < e1["slope"] < -1.5, "a surface: about s^-2, not s^-3"
+    e2 = s.exercise_2(points, normals)
+    assert e2["clean"]["best_k"] == 4 and e2["noisy"]["best_k"] == 64
+    assert e2["noisy"]["median_error_deg"][4] > 3 * e2["clean"]["median_error_deg"][4]
+    e3 = s.exercise_3(points)
+    assert e3["fps_relative_spread"] < 0.1 and max(e3["fps"]) < min(e3["random"])
+
+
+def test_01_solutions():
+    s = load("01_data")
+    chance = 1 / 14
+    e1 = s.exercise_1(widths=(0.25, 1.0))
+    assert all(r["fixed C=0.01"] > 5 * chance and r["tuned C"] > 5 * chance for r in e1.values())
+    e2 = s.exercise_2()
+    assert e2[0.6]["pairs"] < e2[0.3]["pairs"] and e2[0.6]["mean_overlap"] > e2[0.3]["mean_overlap"] >= 0.3
+    e3 = s.exercise_3()
+    assert e3["all six"] > 5 * chance and e3["accuracy lost without"][e3["most important"]] > 0
+
+
+def test_02_solutions():
+    s = load("02_sparse_convolution")
+    pts = s.room_points(20_000)
+    e1 = s.exercise_1(pts, sizes=(0.05, 0.1, 0.2))
+    per = [e1[k]["neighbours_per_voxel"] for k in (0.05, 0.1, 0.2)]
+    assert all(1 <= p < 27 for p in per) and per[0] < per[1] < per[2]
+    assert s.exercise_2() < 1e-4, "dilated sparse conv = dense conv3d with dilation 2"
+    e3 = s.exercise_3(pts)
+    assert all(r["voxels_in_field"] > 0 and r["max_reach_m"] > 1.0 for r in e3.values())
