@@ -4,7 +4,7 @@
 #   ./reproduce.sh                                   # all notebooks, smoke profile (CPU, embedded data) → figures/
 #   ./reproduce.sh --profile full --data-root DIR    # the papers' settings (GPU + real datasets under DIR)
 #   ./reproduce.sh --only 03_gmm_bottleneck          # one notebook (stem or NN prefix)
-#   ./reproduce.sh --test [pytest args]              # unit tests + every notebook under nbval
+#   ./reproduce.sh --test [pytest args]              # every notebook under nbval, then the unit tests
 #
 # Executed notebooks land in runs/<profile>/; see README.md for the environment variables.
 set -euo pipefail
@@ -15,6 +15,10 @@ source lib/env/bootstrap.sh || { echo "reproduce.sh: environment bootstrap faile
 
 if [ "${1:-}" = "--test" ]; then
   shift
-  exec python -m pytest tests notebooks --nbval-lax --nbval-current-env "$@"
+  if [ $# -gt 0 ]; then  # e.g. ./reproduce.sh --test tests/test_gmm.py -k mask
+    exec python -m pytest --nbval-lax --nbval-current-env "$@"
+  fi
+  # notebooks first: conftest.py saves their executed copies to runs/smoke/, which tests/test_site.py renders
+  exec python -m pytest notebooks tests --nbval-lax --nbval-current-env
 fi
 exec python -m ssl3d.reproduce "$@"

@@ -89,3 +89,73 @@ def test_rgbd_frame_dataset_pixels_match_points():
     torch.testing.assert_close(it["points"][:, 2], z)
     assert it["image"].shape == (3, 48, 64)
     torch.testing.assert_close(it["semantic"], it["semantic_image"][v, u])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Label budgets of the data-efficient protocols
+# ----------------------------------------------------------------------------------------------------------
+def test_per_class_subset_counts_and_nests_with_fractions():
+    labels = np.repeat(np.arange(4), [30, 30, 5, 30])
+    one, two = D.per_class_subset(labels, 1, seed=4), D.per_class_subset(labels, 2, seed=4)
+    assert np.bincount(labels[one]).tolist() == [1, 1, 1, 1] and np.bincount(labels[two]).tolist() == [2, 2, 2, 2]
+    assert set(one) <= set(two) <= set(D.per_class_subset(labels, 10, seed=4))
+    assert np.bincount(labels[D.per_class_subset(labels, 10, seed=4)]).tolist() == [10, 10, 5, 10]
+    # the same permutation as label_fraction_subset: 1/30 of each class of 30 is the 1-per-class subset's prefix
+    assert set(one[labels[one] != 2]) == set(D.label_fraction_subset(labels, 1 / 30, seed=4)[labels[
+        D.label_fraction_subset(labels, 1 / 30, seed=4)] != 2])
+
+
+def test_scene_subset_nested_and_seeded():
+    a, b = D.scene_subset(40, 0.05, seed=1), D.scene_subset(40, 0.25, seed=1)
+    assert len(a) == 2 and len(b) == 10 and set(a) <= set(b)
+    assert len(D.scene_subset(3, 0.01)) == 1  # at least one scene
+    assert not np.array_equal(D.scene_subset(40, 0.25, seed=2), b)
+
+
+def test_annotation_subset_exact_nested_seeded():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 1000)
+    labels[rng.random(1000) < 0.3] = -100  # unlabelled points are never chosen
+    subs = {n: D.annotation_subset(labels, n, seed=7, key=3) for n in (20, 50, 100, 200)}
+    for n, idx in subs.items():
+        assert len(idx) == n == len(np.unique(idx)) and (labels[idx] != -100).all()
+    assert set(subs[20]) <= set(subs[50]) <= set(subs[100]) <= set(subs[200])
+    np.testing.assert_array_equal(subs[50], D.annotation_subset(labels, 50, seed=7, key=3))
+    assert not np.array_equal(subs[50], D.annotation_subset(labels, 50, seed=8, key=3))
+    assert not np.array_equal(subs[50], D.annotation_subset(labels, 50, seed=7, key=4))  # scenes differ
+    assert len(D.annotation_subset(labels[:10], 50)) == int((labels[:10] != -100).sum())  # fewer: all of them
+
+
+def test_limited_annotations_keep_exactly_the_chosen_points():
+    ds = D.SceneDataset(2, points_per_room=5000, voxel_size=0.2)
+    lim = ds.with_annotations(30, seed=1)
+    for i in range(2):
+        full, item = ds[i], lim[i]
+        labelled = item["semantic"] != -100
+        assert int(labelled.sum()) == 30
+        assert torch.equal(item["semantic"][labelled], full["semantic"][labelled])
+        # a voxel is labelled iff one of the chosen points falls in it, with that point's (majority) label
+        chosen_vox = torch.unique(item["inverse"][labelled])
+        assert torch.equal(torch.nonzero(item["labels"] != -100).squeeze(1), chosen_vox)
+        assert torch.equal(item["coords"], full["coords"]) and torch.equal(item["feats"], full["feats"])
+    assert ds.annotated is None  # the original keeps every label
+
+
+def test_collate_voxels_and_batch_helpers():
+    from ssl3d.geometry import pad_batch, with_batch_index
+
+    ds = D.ObjectDataset(1, 256, classes=["chair", "mug", "lamp"])
+    b = D.collate_voxels([ds[i] for i in range(3)], voxel_size=0.25)
+    assert b["coords"].shape[1] == 4 and b["coords"][:, 0].tolist() == sorted(b["coords"][:, 0].tolist())
+    assert b["centers"].shape == (len(b["coords"]), 3) and b["labels"].shape == (len(b["coords"]),)
+    pts = b["points"].reshape(-1, 3)
+    assert (b["centers"][b["inverse"]] - pts).abs().max() <= 0.125 + 1e-6  # every point lies in its voxel
+    assert "feats" not in b  # geometry-only items
+    assert torch.equal(with_batch_index([torch.ones(2, 3), torch.zeros(1, 3)])[:, 0], torch.tensor([0, 0, 1]))
+    vals = torch.arange(10.0).unsqueeze(1)
+    bi = torch.tensor([1, 0, 1, 2, 0, 1, 2, 2, 2, 0])
+    padded, mask = pad_batch(vals, bi)
+    assert padded.shape == (3, 4, 1) and mask.sum(1).tolist() == [3, 3, 4]
+    for s in range(3):  # rows of a sample keep their order; padding is zero
+        assert padded[s, mask[s], 0].tolist() == vals[bi == s, 0].tolist()
+        assert (padded[s, ~mask[s]] == 0).all()

@@ -16,8 +16,9 @@ from ssl3d.evaluate import (
     masked_part_argmax,
     mean_std,
     part_miou,
+    select_svm_C,
 )
-from ssl3d.models.point import PointNetSeg
+from ssl3d.models.point import PointNet
 
 
 def test_confusion_matrix_matches_sklearn_with_ignore(gen):
@@ -142,7 +143,7 @@ def test_linear_probe_absent_test_class_and_errors():
 
 def test_extract_global_features_all_input_kinds(gen):
     torch.manual_seed(0)
-    net = PointNetSeg(num_outputs=4, width=0.125).train()
+    net = PointNet(width=0.125).train()
     pts = torch.randn(10, 32, 3, generator=gen)
     labels = torch.arange(10)
     with torch.no_grad():
@@ -154,17 +155,69 @@ def test_extract_global_features_all_input_kinds(gen):
     feats2, lab2 = extract_global_features(net, (pts.numpy(), labels), batch_size=4)
     torch.testing.assert_close(feats2, ref, atol=1e-5, rtol=1e-5)
     assert torch.equal(lab2, labels)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(pts, labels), batch_size=4)
-    feats3, lab3 = extract_global_features(net, loader)
+    items = [{"points": p.numpy(), "label": int(y)} for p, y in zip(pts, labels)]
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(items)
+
+        def __getitem__(self, i):
+            return items[i]
+
+    feats3, lab3 = extract_global_features(net, Items(), batch_size=4)  # a Dataset: collate_for(net)
     torch.testing.assert_close(feats3, ref, atol=1e-5, rtol=1e-5)
     assert torch.equal(lab3, labels)
     dicts = [{"points": pts[s:s + 5], "label": labels[s:s + 5]} for s in (0, 5)]
     feats4, lab4 = extract_global_features(net, dicts)
     torch.testing.assert_close(feats4, ref, atol=1e-5, rtol=1e-5)
     assert torch.equal(lab4, labels) and not feats4.requires_grad
-    feats5, lab5 = extract_global_features(net, [pts[:5], pts[5:]])  # a list of two point batches, no labels
-    torch.testing.assert_close(feats5, ref, atol=1e-5, rtol=1e-5)
-    assert lab5 is None
+    with pytest.raises(TypeError, match="encode"):
+        extract_global_features(torch.nn.Linear(3, 3), pts)
+
+
+def test_extract_global_features_probes_a_sparse_backbone(gen):
+    """A sparse U-Net is probed through the same call: its global feature is max ‖ mean of its voxel features."""
+    from ssl3d.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("res16unet14tiny", in_channels=0, out_channels=8).eval()
+    pts = torch.rand(4, 200, 3, generator=gen) * 2 - 1
+    feats, lab = extract_global_features(net, (pts, torch.arange(4)), batch_size=4, voxel_size=0.2)
+    assert feats.shape == (4, 16) and torch.equal(lab, torch.arange(4))
+    from ssl3d import sparse as sp
+
+    for b in range(4):  # one shape at a time, by hand
+        v = sp.sparse_quantize(pts[b], 0.2)
+        x, _ = sp.batch_sparse([v])
+        with torch.no_grad():
+            f = net(x).feats
+        torch.testing.assert_close(feats[b], torch.cat([f.max(0).values, f.mean(0)]), atol=1e-5, rtol=1e-4)
+
+
+def test_select_svm_C_uses_only_the_training_split():
+    """C is the argmax of validation accuracy on a stratified split of the training features — checked against an
+    explicit loop with scikit-learn — and does not depend on the test split at all."""
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 30)
+    x = rng.normal(size=(120, 40)) + 0.6 * np.eye(4)[y] @ rng.normal(size=(4, 40))
+    Cs = (1e-4, 1e-2, 1.0, 100.0)
+    best, scores = select_svm_C(x, y, Cs, val_fraction=0.25, seed=3)
+    fit, val = train_test_split(np.arange(120), test_size=0.25, random_state=3, stratify=y)
+    assert np.bincount(y[val]).tolist() == [8, 7, 7, 8] or len(set(np.bincount(y[val]))) <= 2  # stratified
+    ref = {}
+    for C in Cs:
+        sc = StandardScaler().fit(x[fit])
+        svm = LinearSVC(C=C, random_state=3, max_iter=10_000).fit(sc.transform(x[fit]), y[fit])
+        ref[C] = float(np.mean(svm.predict(sc.transform(x[val])) == y[val]))
+    assert scores == pytest.approx(ref)
+    assert best == min(C for C in Cs if ref[C] == max(ref.values()))
+    assert select_svm_C(x, y, Cs, 0.25, seed=3)[0] == best  # deterministic per seed
+    with pytest.raises(ValueError, match="val_fraction"):
+        select_svm_C(x, y, Cs, 1.5)
 
 
 def test_mean_std():

@@ -1,10 +1,12 @@
-"""PointNetSeg and DGCNN: interface, symmetry, the dynamic kNN graph against brute force, gradients, seeding."""
+"""PointNet and DGCNN: the backbone contract, symmetry, the dynamic kNN graph against brute force, gradients,
+seeding."""
 
 import pytest
 import torch
 
 from ssl3d.models import build_model, list_models
-from ssl3d.models.point import DGCNN, EdgeConv, PointNetSeg
+from ssl3d.models.heads import SegHead, Segmenter
+from ssl3d.models.point import DGCNN, EdgeConv, PointNet
 
 SMALL = {"pointnet": {"width": 0.125}, "dgcnn": {"width": 0.125, "k": 6}}
 B, N, J = 3, 48, 5
@@ -12,7 +14,7 @@ B, N, J = 3, 48, 5
 
 def make(name, **kw):
     torch.manual_seed(0)
-    return build_model(name, num_outputs=J, **{**SMALL[name], **kw})
+    return build_model(name, **{**SMALL[name], **kw})
 
 
 @pytest.fixture
@@ -22,20 +24,25 @@ def cloud(gen):
 
 def test_registry():
     assert {"pointnet", "dgcnn"} <= set(list_models())
-    assert isinstance(build_model("PointNet"), PointNetSeg) and isinstance(build_model("dgcnn"), DGCNN)
+    assert isinstance(build_model("PointNet"), PointNet) and isinstance(build_model("dgcnn"), DGCNN)
 
 
-@pytest.mark.parametrize("name", ["pointnet", "dgcnn"])
-def test_output_shapes_and_global_feature(name, cloud):
+@pytest.mark.parametrize("name,local", [("pointnet", 8), ("dgcnn", 8 + 8 + 16 + 32)])
+def test_output_shapes_and_global_feature(name, local, cloud):
     net = make(name).eval()
+    emb = []
+    last = net.mlp4 if name == "pointnet" else net.embed
+    last.register_forward_hook(lambda m, a, out: emb.append(out))
     out = net(cloud)
-    c = net.feat_dim
-    assert c == 128  # 1024 × 0.125
-    assert out["logits"].shape == (B, N, J)
-    assert out["point_feats"].shape == (B, N, c)
-    assert out["global_feats"].shape == (B, 2 * c) and net.global_dim == 2 * c
-    pf = out["point_feats"]
-    torch.testing.assert_close(out["global_feats"], torch.cat([pf.max(1).values, pf.mean(1)], -1))
+    assert net.kind == "point" and net.in_channels == 0
+    assert net.emb_dim == 128  # 1024 × 0.125
+    assert net.feat_dim == local + 128 and out["feats"].shape == (B, N, net.feat_dim)
+    assert net.global_dim == 256 and out["global_feats"].shape == (B, 256)
+    e = emb[0]  # (B, N, 128) the embedding before pooling
+    torch.testing.assert_close(out["global_feats"], torch.cat([e.max(1).values, e.mean(1)], -1))
+    # per-point features = [local ‖ max-pooled embedding repeated]
+    torch.testing.assert_close(out["feats"][..., local:], e.max(1, keepdim=True).values.expand(-1, N, -1))
+    torch.testing.assert_close(net.encode({"points": cloud})["feats"], out["feats"])
 
 
 @pytest.mark.parametrize("name", ["pointnet", "dgcnn"])
@@ -44,8 +51,7 @@ def test_permutation_equivariance(name, cloud, gen):
     x = cloud.double()
     perm = torch.randperm(N, generator=gen)
     out, out_p = net(x), net(x[:, perm])
-    torch.testing.assert_close(out_p["logits"], out["logits"][:, perm])
-    torch.testing.assert_close(out_p["point_feats"], out["point_feats"][:, perm])
+    torch.testing.assert_close(out_p["feats"], out["feats"][:, perm])
     torch.testing.assert_close(out_p["global_feats"], out["global_feats"])
 
 
@@ -90,13 +96,13 @@ def test_edgeconv_matches_an_explicit_loop(gen):
 
 @pytest.mark.parametrize("name", ["pointnet", "dgcnn"])
 def test_gradient_reaches_every_parameter(name, cloud, gen):
-    net = make(name).train()
-    out = net(cloud)
+    seg = Segmenter(make(name), J).train()
+    logits = seg({"points": cloud})
     target = torch.randint(J, (B, N), generator=gen)
-    loss = torch.nn.functional.cross_entropy(out["logits"].reshape(-1, J), target.reshape(-1))
-    loss = loss + out["global_feats"].pow(2).mean()
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, J), target.reshape(-1))
+    loss = loss + seg.backbone(cloud)["global_feats"].pow(2).mean()
     loss.backward()
-    for pname, p in net.named_parameters():
+    for pname, p in seg.named_parameters():
         assert p.grad is not None, pname
         assert torch.isfinite(p.grad).all(), pname
         assert p.grad.abs().sum() > 0, pname
@@ -106,36 +112,37 @@ def test_gradient_reaches_every_parameter(name, cloud, gen):
 def test_seeded_determinism(name, cloud):
     outs = []
     for _ in range(2):
-        net = make(name).train()  # make() seeds; dropout draws from the same stream
-        outs.append(net(cloud))
-    for key in ("logits", "point_feats", "global_feats"):
-        assert torch.equal(outs[0][key], outs[1][key])
+        torch.manual_seed(0)
+        seg = Segmenter(make(name), J).train()  # dropout in DGCNN's head draws from the same stream
+        outs.append(seg({"points": cloud}))
+    assert torch.equal(outs[0], outs[1])
     torch.manual_seed(1)
-    other = build_model(name, num_outputs=J, **SMALL[name]).train()(cloud)
-    assert not torch.equal(other["logits"], outs[0]["logits"])
+    other = Segmenter(build_model(name, **SMALL[name]), J).train()({"points": cloud})
+    assert not torch.equal(other, outs[0])
 
 
-@pytest.mark.parametrize("name", ["pointnet", "dgcnn"])
-@pytest.mark.parametrize("keep_hidden", [False, True])
-def test_reset_head_keeps_the_encoder(name, keep_hidden, cloud):
-    net = make(name).eval()
-    before = net(cloud)
-    old_out = net.head.out.weight.detach().clone()
-    torch.manual_seed(123)
-    net.reset_head(13, keep_hidden=keep_hidden)
-    after = net.eval()(cloud)
-    assert after["logits"].shape == (B, N, 13) and net.num_outputs == 13
-    torch.testing.assert_close(after["point_feats"], before["point_feats"])
-    assert net.head.out.weight.shape[0] == 13 and not torch.equal(net.head.out.weight[:J], old_out)
+@pytest.mark.parametrize("name,hidden", [("pointnet", (64, 32, 16)), ("dgcnn", (32, 32, 16))])
+def test_default_heads_are_the_papers(name, hidden):
+    net = make(name)
+    head = SegHead.for_backbone(net, J)
+    widths = [m.out_features for m in head.modules() if isinstance(m, torch.nn.Linear)]
+    assert tuple(widths[:-1]) == hidden and widths[-1] == J  # 512-256-128 / 256-256-128 at width 0.125
+    assert any(isinstance(m, torch.nn.Dropout) for m in head.modules()) == (name == "dgcnn")
 
 
 def test_extra_input_channels(cloud, gen):
-    net = PointNetSeg(num_outputs=J, in_channels=2, width=0.125).eval()
+    net = PointNet(in_channels=2, width=0.125).eval()
     f = torch.randn(B, N, 2, generator=gen)
     a, b = net(cloud, f), net(cloud, f + 1)
-    assert not torch.allclose(a["logits"], b["logits"])
-    dg = DGCNN(num_outputs=J, in_channels=2, width=0.125, k=4).eval()
-    assert dg(cloud, f)["logits"].shape == (B, N, J)
+    assert not torch.allclose(a["feats"], b["feats"])
+    torch.testing.assert_close(net.encode({"points": cloud, "feats": f})["feats"], a["feats"])
+    dg = DGCNN(in_channels=2, width=0.125, k=4).eval()
+    assert dg(cloud, f)["feats"].shape == (B, N, dg.feat_dim)
+    with pytest.raises(KeyError, match="no 'feats'"):
+        net.encode({"points": cloud})
+    # a geometry-only backbone ignores features a dataset happens to carry
+    torch.testing.assert_close(make("pointnet").eval().encode({"points": cloud, "feats": f})["feats"],
+                               make("pointnet").eval()(cloud)["feats"])
 
 
 def test_input_errors(cloud):
@@ -147,6 +154,8 @@ def test_input_errors(cloud):
     with pytest.raises(ValueError, match="k ≤ N"):
         net(cloud[:, :4])
     with pytest.raises(ValueError, match="pass feats of shape"):
-        PointNetSeg(in_channels=3, width=0.125)(cloud)
+        PointNet(in_channels=3, width=0.125)(cloud)
     with pytest.raises(ValueError, match="NaN"):
         net(cloud.clone().fill_(float("nan")))
+    with pytest.raises(KeyError, match="collate_objects"):
+        net.encode({"coords": torch.zeros(3, 4, dtype=torch.long)})

@@ -25,20 +25,20 @@ def step(model, batch):
 
 def test_loss_goes_down():
     model, opt, sched, loader = _setup()
-    h = train(model, step, loader, opt, epochs=5, scheduler=sched)
+    h = train(model, loader, opt, epochs=5, scheduler=sched, step_fn=step)
     assert h["epoch_loss"][-1] < 0.2 * h["epoch_loss"][0]
     assert len(h["loss"]) == 5 * len(loader)
 
 
 def test_resume_matches_uninterrupted(tmp_path):
     model, opt, sched, loader = _setup()
-    train(model, step, loader, opt, epochs=4, scheduler=sched)
+    train(model, loader, opt, epochs=4, scheduler=sched, step_fn=step)
     straight = model.weight.detach().clone()
 
     model, opt, sched, loader = _setup()
-    train(model, step, loader, opt, epochs=2, scheduler=sched, checkpoint=tmp_path / "c.pt")
+    train(model, loader, opt, epochs=2, scheduler=sched, step_fn=step, checkpoint=tmp_path / "c.pt")
     model, opt, sched, loader = _setup()  # a fresh process would start like this
-    h = train(model, step, loader, opt, epochs=4, scheduler=sched, checkpoint=tmp_path / "c.pt")
+    h = train(model, loader, opt, epochs=4, scheduler=sched, step_fn=step, checkpoint=tmp_path / "c.pt")
     torch.testing.assert_close(model.weight.detach(), straight)
     assert len(h["epoch_loss"]) == 4
 
@@ -46,7 +46,7 @@ def test_resume_matches_uninterrupted(tmp_path):
 def test_nan_loss_stops_with_message():
     model, opt, _, loader = _setup()
     with pytest.raises(FloatingPointError, match="learning rate"):
-        train(model, lambda m, b: m(b[0]).sum() * float("nan"), loader, opt)
+        train(model, loader, opt, step_fn=lambda m, b: m(b[0]).sum() * float("nan"))
 
 
 def test_schedules():
@@ -61,4 +61,84 @@ def test_schedules():
         s.step()
     assert lrs[0] == 0.5 and lrs[1] == 1.0 and lrs[-1] < 0.05
     with pytest.raises(ValueError, match="unknown optimizer"):
-        make_optimizer([], "lion")
+        make_optimizer([torch.nn.Parameter(torch.zeros(1))], "lion")
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        make_optimizer([torch.nn.Parameter(torch.zeros(1), requires_grad=False)], "sgd")
+
+
+def test_dict_outputs_are_loss_and_metrics():
+    """A method's forward returns {"loss": …, <metric>: …}: the loop trains on the loss and logs the rest."""
+    model, opt, sched, loader = _setup()
+
+    class Method(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, batch):
+            loss = step(self.net, batch)
+            return {"loss": loss, "half": loss.detach() / 2}
+
+    h = train(Method(model), loader, opt, epochs=2, scheduler=sched)
+    assert len(h["half"]) == len(h["loss"]) == 2 * len(loader)
+    assert h["half"] == pytest.approx([v / 2 for v in h["loss"]])
+    with pytest.raises(KeyError, match="without 'loss'"):
+        train(model, loader, opt, step_fn=lambda m, b: {"mse": step(m, b)})
+
+
+RUN = '''
+import sys, time, torch
+from torch.utils.data import DataLoader, TensorDataset
+from ssl3d.train import make_optimizer, make_scheduler, train, TrainingInterrupted
+
+torch.manual_seed(0)
+x = torch.randn(64, 5)
+y = x @ torch.randn(5, 1)
+model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Dropout(0.3), torch.nn.Linear(16, 1))
+opt = make_optimizer(model.parameters(), "adamw", lr=1e-2)
+sched = make_scheduler(opt, "cosine", total_steps=4 * 8)
+loader = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1))
+slow = float(sys.argv[3])
+
+def step(m, b):
+    time.sleep(slow)  # room for the signal to land mid-epoch
+    print("iteration", flush=True)
+    return torch.nn.functional.mse_loss(m(b[0]), b[1])
+
+ckpt = None if sys.argv[2] == "none" else sys.argv[2]
+try:
+    h = train(model, loader, opt, epochs=4, scheduler=sched, step_fn=step, checkpoint=ckpt)
+except TrainingInterrupted:
+    sys.exit(3)
+torch.save({"model": model.state_dict(), "loss": h["loss"]}, sys.argv[1])
+'''
+
+
+def test_a_signal_interrupts_a_run_that_then_resumes_bit_identical(tmp_path):
+    """A real SIGTERM mid-epoch: the process writes its checkpoint and exits; a new process resumes it and ends with
+    the same weights, bit for bit, and the same loss history as an uninterrupted run (shuffling, dropout, Adam,
+    a cosine schedule)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(RUN)
+    env = {**os.environ, "SSL3D_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, script, tmp_path / "straight.pt", "none", "0"], check=True, env=env)
+    ckpt = tmp_path / "run.ckpt"
+    proc = subprocess.Popen([sys.executable, script, tmp_path / "resumed.pt", ckpt, "0.05"], env=env,
+                            stdout=subprocess.PIPE, text=True)
+    for _ in range(11):  # let it get into the second epoch (8 iterations per epoch)
+        assert proc.stdout.readline().startswith("iteration")
+    proc.send_signal(signal.SIGTERM)
+    proc.stdout.read()
+    assert proc.wait(timeout=60) == 3, "the interrupted run exits through TrainingInterrupted"
+    assert ckpt.is_file()
+    subprocess.run([sys.executable, script, tmp_path / "resumed.pt", ckpt, "0"], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    a, b = torch.load(tmp_path / "straight.pt"), torch.load(tmp_path / "resumed.pt")
+    assert a["loss"] == b["loss"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k

@@ -30,13 +30,18 @@ _ssl3d_bootstrap() {
   fi
   # Reinstall only when the pins or the package metadata changed.
   local want have stamp="$venv/.ssl3d-installed"
-  want=$(cat "$req" pyproject.toml | sha256sum | cut -d' ' -f1)
+  local nodeps="${SSL3D_REQUIREMENTS_NODEPS:-lib/env/requirements-nodeps.txt}"
+  want=$(cat "$req" "$nodeps" pyproject.toml 2>/dev/null | sha256sum | cut -d' ' -f1)
   have=$(cat "$stamp" 2>/dev/null || true)
   if [ "$want" != "$have" ]; then
     echo "bootstrap: installing pinned requirements into $venv (first run: ~2 min)"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "pip==26.3" || return 1
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" || {
       echo "bootstrap: pip could not install $req (see the error above)." >&2; return 1; }
+    if [ -f "$nodeps" ]; then
+      "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r "$nodeps" || {
+        echo "bootstrap: pip could not install $nodeps (see the error above)." >&2; return 1; }
+    fi
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . || return 1
     echo "$want" > "$stamp"
   fi

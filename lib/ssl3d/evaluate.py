@@ -14,7 +14,7 @@ Protocols, as the papers use them:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +23,10 @@ import torch
 __all__ = [
     "ProbeResult",
     "linear_svm_probe",
+    "select_svm_C",
     "extract_global_features",
+    "SegResult",
+    "evaluate_semseg",
     "confusion_matrix",
     "iou_from_confusion",
     "PartIoU",
@@ -98,87 +101,103 @@ def linear_svm_probe(train_x, train_y, test_x, test_y, C: float = 0.01, seed: in
                        mean_class_accuracy=float(np.nanmean(class_acc)), classes=classes, predictions=pred)
 
 
+def select_svm_C(train_x, train_y, Cs=(1e-3, 1e-2, 1e-1, 1.0), val_fraction: float = 0.2, seed: int = 0,
+                 max_iter: int = 10_000) -> tuple[float, dict]:
+    """Choose the SVM's C on a validation split drawn from the *training* split only (stratified, seeded).
+
+    Every C in ``Cs`` is fitted on the remaining training features and scored on the validation features; the C
+    with the highest validation accuracy wins (ties → the smaller C, the stronger regulariser). The test split is
+    never seen. Returns (best C, {C: validation accuracy}). A fixed C can favour one initialisation over another
+    (features of different encoders have different scales and margins), which is why the field tunes it.
+    """
+    from sklearn.model_selection import train_test_split
+
+    x, y = _np(train_x, "train_x"), _np(train_y, "train_y").reshape(-1)
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if not Cs:
+        raise ValueError("select_svm_C needs at least one C")
+    counts = np.unique(y, return_counts=True)[1]
+    stratify = y if counts.min() >= 2 and round(val_fraction * len(y)) >= len(counts) else None
+    fit_idx, val_idx = train_test_split(np.arange(len(y)), test_size=val_fraction, random_state=seed,
+                                        stratify=stratify)
+    if len(np.unique(y[fit_idx])) < 2:
+        raise ValueError("select_svm_C: the fitting part of the split has a single class; use more training shapes")
+    scores = {}
+    for C in sorted(Cs):
+        res = linear_svm_probe(x[fit_idx], y[fit_idx], x[val_idx], y[val_idx], C=C, seed=seed, max_iter=max_iter)
+        scores[float(C)] = res.accuracy
+    best = max(scores.values())
+    return next(C for C in sorted(scores) if scores[C] == best), scores
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Frozen features
 # ----------------------------------------------------------------------------------------------------------
-_LABEL_KEYS = ("label", "labels", "y", "cls")
+def _batches(data, batch_size: int, collate):
+    """Tensors → items batched by ``collate``; a Dataset → a DataLoader with ``collate``; an iterable of collated
+    batches (a DataLoader, a list of dicts) → itself."""
+    from torch.utils.data import DataLoader, Dataset
 
-
-def _split_batch(batch):
-    """A batch from a loader → (points, feats or None, labels or None)."""
-    if isinstance(batch, torch.Tensor):
-        return batch, None, None
-    if isinstance(batch, Mapping):
-        if "points" not in batch:
-            raise KeyError(f"a dict batch needs a 'points' entry, got keys {sorted(batch)}")
-        label = next((batch[k] for k in _LABEL_KEYS if k in batch), None)
-        return batch["points"], batch.get("feats"), label
-    if isinstance(batch, Sequence) and len(batch) >= 1:
-        return batch[0], None, (batch[1] if len(batch) > 1 else None)
-    raise TypeError(f"cannot read points from a batch of type {type(batch).__name__}: yield a tensor, "
-                    f"(points, labels) or a dict with 'points'")
-
-
-def _as_batches(data, batch_size: int):
-    """Tensors (points, or (points, labels)) → an iterator of (points, labels) slices; a loader → itself."""
-    if isinstance(data, np.ndarray):
-        data = torch.from_numpy(data)
-    if isinstance(data, torch.Tensor):
+    if isinstance(data, np.ndarray | torch.Tensor):
         data = (data,)
-    # (points,) or (points, labels): points are (M, N, 3), labels (M,) or per point (M, N) — never 3-D, which
-    # tells this apart from a list of two point batches
     if isinstance(data, tuple | list) and 1 <= len(data) <= 2 and isinstance(data[0], torch.Tensor | np.ndarray) \
-            and np.ndim(data[0]) == 3 and (len(data) == 1 or np.ndim(data[1]) <= 2):
-        pts = torch.as_tensor(data[0])
-        lab = torch.as_tensor(data[1]) if len(data) == 2 else None
+            and np.ndim(data[0]) == 3:  # (points (M, N, 3),) or (points, labels (M,))
+        pts = _np(data[0], "points").astype(np.float32)
+        lab = _np(data[1], "labels").reshape(-1) if len(data) == 2 else None
         if lab is not None and len(lab) != len(pts):
             raise ValueError(f"{len(pts)} clouds but {len(lab)} labels")
-        return ((pts[s:s + batch_size], None if lab is None else lab[s:s + batch_size])
-                for s in range(0, len(pts), batch_size))
+        items = [{"points": p} | ({} if lab is None else {"label": int(lab[i])}) for i, p in enumerate(pts)]
+        return (collate(items[s:s + batch_size]) for s in range(0, len(items), batch_size))
+    if isinstance(data, Dataset):
+        return DataLoader(data, batch_size, shuffle=False, collate_fn=collate)
     return data
 
 
-def extract_global_features(model: torch.nn.Module, data, batch_size: int = 32, device=None):
-    """Global features of frozen ``model`` (eval mode, no gradient) for a whole dataset.
+def extract_global_features(backbone: torch.nn.Module, data, batch_size: int = 32, collate=None,
+                            voxel_size: float = 0.05):
+    """Global features of a frozen backbone (eval mode, no gradient) for a whole dataset — any ssl3d backbone,
+    point or sparse, through its ``encode(batch)["global_feats"]``.
 
     Args:
-        model: a backbone whose forward returns a dict with "global_feats" (B, D), e.g. ``PointNetSeg``/``DGCNN``.
-        data: a (M, N, 3) tensor/array, a tuple ``(points (M, N, 3), labels (M,))``, or an iterable of batches
-            (a DataLoader) yielding tensors, ``(points, labels, ...)`` or dicts with "points" (and optionally
-            "feats" and "label"/"labels").
-        batch_size: clouds per forward pass when ``data`` is tensors (a loader keeps its own batch size).
-        device: where to run; default the model's device.
+        backbone: an ssl3d backbone (``ssl3d.models``).
+        data: a Dataset of object items (batched with ``collate``, default :func:`~ssl3d.data.datasets.collate_for`
+            the backbone at ``voxel_size``), a DataLoader of collated batches, or tensors ``points (M, N, 3)`` /
+            ``(points, labels (M,))``.
     Returns:
-        features (M, D) float32 on the CPU, labels (M, …) or None when the data carries none.
-    The model's train/eval mode is restored afterwards.
+        features (M, global_dim) float32 on the CPU, labels (M,) or None when the data carries none.
+    The backbone's train/eval mode is restored afterwards.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    params = next(model.parameters(), None)
-    device = torch.device(device) if device is not None else (params.device if params is not None else "cpu")
-    dtype = params.dtype if params is not None else torch.float32
-    was_training = model.training
-    model.eval()
+    if not hasattr(backbone, "encode"):
+        raise TypeError(f"{type(backbone).__name__} has no encode(batch): pass an ssl3d backbone (ssl3d.models)")
+    if collate is None:
+        from ssl3d.data.datasets import collate_for
+
+        collate = collate_for(backbone, voxel_size)
+    was_training = backbone.training
+    backbone.eval()
     feats_out, labels_out = [], []
     try:
         with torch.no_grad():
-            for batch in _as_batches(data, batch_size):
-                pts, extra, lab = _split_batch(batch)
-                pts = torch.as_tensor(pts).to(device, dtype)
-                extra = None if extra is None else torch.as_tensor(extra).to(device, dtype)
-                out = model(pts, extra) if extra is not None else model(pts)
-                if not isinstance(out, Mapping) or "global_feats" not in out:
-                    raise TypeError("the model must return a dict with 'global_feats' (see ssl3d.models.point)")
-                feats_out.append(out["global_feats"].float().cpu())
+            for batch in _batches(data, batch_size, collate):
+                if not isinstance(batch, Mapping):
+                    raise TypeError(f"batches must be dicts from an ssl3d collate function, got {type(batch).__name__}")
+                feats_out.append(backbone.encode(batch)["global_feats"].float().cpu())
+                lab = next((batch[k] for k in _LABEL_KEYS if k in batch), None)
                 if lab is not None:
                     labels_out.append(torch.as_tensor(lab).cpu())
     finally:
-        model.train(was_training)
+        backbone.train(was_training)
     if not feats_out:
         raise ValueError("no data: the dataset or loader is empty")
     if labels_out and len(labels_out) != len(feats_out):
         raise ValueError("some batches carry labels and others do not")
     return torch.cat(feats_out), (torch.cat(labels_out) if labels_out else None)
+
+
+_LABEL_KEYS = ("label", "y", "cls")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -224,6 +243,46 @@ def iou_from_confusion(cm) -> tuple[torch.Tensor, float]:
     present = ~iou.isnan()
     miou = float(iou[present].mean()) if present.any() else float("nan")
     return iou, miou
+
+
+@dataclass
+class SegResult:
+    """mIoU over classes present in the evaluation set; per-class IoU (NaN = absent); point accuracy."""
+
+    miou: float
+    iou: np.ndarray
+    accuracy: float
+    confusion: np.ndarray
+    predictions: list  # per scene: (N,) predicted labels at the original points
+
+
+def evaluate_semseg(model: torch.nn.Module, dataset, num_classes: int | None = None,
+                    ignore_index: int = -100) -> SegResult:
+    """Semantic segmentation of every scene of ``dataset`` (voxelized items, :class:`~ssl3d.data.datasets.
+    SceneDataset`) by ``model`` (``model(batch)`` → per-voxel logits, e.g. a :class:`~ssl3d.models.heads.Segmenter`):
+    per-voxel predictions go back to the original points through ``inverse`` and are scored there, against
+    ``semantic``. One confusion matrix over the whole test set (the S3DIS / ScanNet protocol)."""
+    from ssl3d.data.datasets import collate_scenes
+
+    k = num_classes or getattr(model, "num_classes", None) or getattr(dataset, "num_classes", None)
+    if k is None:
+        raise ValueError("evaluate_semseg: pass num_classes (neither the model nor the dataset has it)")
+    cm = torch.zeros(k, k, dtype=torch.long)
+    preds = []
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i in range(len(dataset)):
+                b = collate_scenes([dataset[i]])
+                pred = model(b).argmax(1).cpu()[b["inverse"]]  # (N,) at the original points
+                cm += confusion_matrix(pred, b["semantic"], k, ignore_index)
+                preds.append(pred.numpy())
+    finally:
+        model.train(was)
+    iou, miou = iou_from_confusion(cm)
+    acc = cm.diag().sum().item() / max(cm.sum().item(), 1)
+    return SegResult(float(miou), np.asarray(iou), acc, cm.numpy(), preds)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -229,3 +229,203 @@ def show_image(path_or_img, width: int | None = None):
         buf = io.BytesIO()
         plt.imsave(buf, np.asarray(path_or_img), format="png")
         display(Image(data=buf.getvalue(), width=width))
+
+
+# ------------------------------------------------------------------------------------------------ cells to play with
+# In a live Jupyter frontend these show widgets; when a notebook is executed headless (papermill, nbval, the static
+# site) they produce one static frame, so that the executed notebook still shows a figure.
+
+__all__ += ["is_static", "interactive", "show3d"]
+
+_YES, _NO = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def is_static(static: bool | None = None) -> bool:
+    """Whether interactive cells should render one static frame instead of live widgets. First rule that applies:
+
+    1. ``static`` given (True/False) → that; tests and callers force a mode this way.
+    2. ``$SSL3D_STATIC`` = 1/true/yes/on → static; 0/false/no/off → live (e.g. Voilà, which executes like a batch
+       runner but shows widgets). ``ssl3d.reproduce`` and the test suite set ``SSL3D_STATIC=1`` for their kernels.
+    3. ipywidgets is not installed → static.
+    4. not inside a Jupyter kernel (plain Python, pytest, terminal IPython): no frontend can show a widget → static.
+    5. the kernel runs the current cell with stdin disabled → static. Batch executors (papermill and nbclient,
+       ``jupyter nbconvert --execute``, nbval) send ``allow_stdin=False``; interactive frontends (JupyterLab,
+       Notebook, VS Code) allow stdin, so a live session is recognised even without ``SSL3D_STATIC``.
+    6. otherwise → live.
+    """
+    if static is not None:
+        return bool(static)
+    env = os.environ.get("SSL3D_STATIC", "").strip().lower()
+    if env in _YES:
+        return True
+    if env in _NO:
+        return False
+    if env:
+        raise ValueError(f"SSL3D_STATIC must be 1 or 0 (or true/false), not {os.environ['SSL3D_STATIC']!r}")
+    import importlib.util
+
+    if importlib.util.find_spec("ipywidgets") is None:
+        return True
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return True
+    kernel = getattr(get_ipython(), "kernel", None)
+    if kernel is None:
+        return True
+    return not getattr(kernel, "_allow_stdin", True)  # ipykernel sets it from each execute_request
+
+
+def _control_default(name, control, fn_default):
+    """The value an ipywidgets control starts at (see :func:`interactive`), without creating a widget."""
+    import inspect
+    from collections.abc import Iterable, Mapping
+    from numbers import Integral, Real
+
+    given = fn_default is not inspect.Parameter.empty
+    if hasattr(control, "value"):  # a widget, or ipywidgets.fixed
+        return control.value
+    if isinstance(control, str | bool | Real):
+        return control
+    if isinstance(control, tuple) and len(control) in (2, 3) and all(isinstance(v, Real) for v in control):
+        lo, hi = control[:2]
+        if given and isinstance(fn_default, Real):
+            return min(max(fn_default, lo), hi)
+        if hi < lo:
+            raise ValueError(f"interactive: control {name}={control!r} has min > max")
+        ints = all(isinstance(v, Integral) for v in control)
+        value = lo + (hi - lo) // 2 if ints else lo + (hi - lo) / 2
+        if len(control) == 3:
+            if control[2] <= 0:
+                raise ValueError(f"interactive: control {name}={control!r} needs a positive step")
+            value = lo + int((value - lo) / control[2]) * control[2]
+        return value
+    if isinstance(control, Mapping):
+        choices = list(control.values())
+    elif isinstance(control, Iterable):
+        choices = [c[1] if isinstance(c, tuple) and len(c) == 2 and isinstance(c[0], str) else c for c in control]
+    else:
+        raise TypeError(f"interactive: cannot make a control of {name}={control!r}; give a (min, max[, step]) range, "
+                        "a list or dict of choices, a bool/str/number, or an ipywidgets widget")
+    if not choices:
+        raise ValueError(f"interactive: control {name} has no choices")
+    return fn_default if given and fn_default in choices else choices[0]
+
+
+def _shown_once(result):
+    """Close a returned matplotlib figure, so that the inline backend does not show it a second time."""
+    from matplotlib.figure import Figure
+
+    if isinstance(result, Figure):
+        plt.close(result)
+    return result
+
+
+def interactive(fn, /, *, static: bool | None = None, **controls):
+    """A cell to play with: controls for ``fn``'s arguments in Jupyter, one static frame when run headless.
+
+    ``controls`` are what ``ipywidgets.interact`` takes: ``(min, max[, step])`` → a slider, a list / dict of
+    choices → a dropdown, a bool → a checkbox, a str → a text box, a number → a slider around it, or a widget
+    (``ipywidgets.IntSlider(...)``, ``ipywidgets.fixed(x)``, ...). ``fn`` draws (``plt.show()``,
+    :func:`show_image`) and/or returns something to display (a matplotlib figure, :func:`show3d`'s result, ...).
+    Use the call as the last expression of a cell, like ``ipywidgets.interactive``.
+
+    - Live (see :func:`is_static`): returns ``ipywidgets.interactive(fn, **controls)``, the widget; each change of
+      a control calls ``fn`` again and shows its output below the controls.
+    - Static: calls ``fn`` once, prints one line naming the values used, and returns ``fn``'s result. Each control
+      contributes the value its widget would start at: a widget's (or ``fixed``'s) ``.value``; for a range,
+      ``fn``'s own default for that argument (clamped to the range) if it has one, else the middle
+      ``min + (max - min) / 2`` (integer division for integer ranges) snapped down to the ``step`` grid; for
+      choices, ``fn``'s default if it is one of them, else the first (for a dict or ``(label, value)`` pairs its
+      value); a single value is itself. Arguments without a control keep ``fn``'s defaults.
+
+    ``static``: True / False forces the mode (tests); None decides with :func:`is_static`. A returned matplotlib
+    figure is closed after the call so that it is shown exactly once.
+    """
+    import functools
+    import inspect
+
+    if is_static(static):
+        params = inspect.signature(fn).parameters
+        unknown = [k for k in controls if k not in params
+                   and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())]
+        if unknown:
+            raise TypeError(f"interactive: {getattr(fn, '__name__', fn)}() has no argument(s) {unknown}; "
+                            f"its arguments are {list(params)}")
+        empty = inspect.Parameter.empty
+        kwargs = {k: _control_default(k, c, params[k].default if k in params else empty) for k, c in controls.items()}
+        if kwargs:
+            print("static frame with " + ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+                  + " (run the notebook in Jupyter to move the controls)")
+        return _shown_once(fn(**kwargs))
+    try:
+        import ipywidgets
+    except ImportError as exc:
+        raise ImportError("interactive: live mode needs ipywidgets (pip install ipywidgets==8.1.9; it is in "
+                          "lib/env/requirements-cpu.txt)") from exc
+
+    @functools.wraps(fn)  # keeps fn's signature, whose defaults ipywidgets reads
+    def call(**kwargs):
+        return _shown_once(fn(**kwargs))
+
+    return ipywidgets.interactive(call, **controls)
+
+
+def _trame_viewer_available() -> bool:
+    """Whether pyvista's Jupyter backend (trame; optional, see README "Interactive 3D views") can be loaded."""
+    import importlib
+    import warnings
+
+    for module in ("trame_pyvista.jupyter", "pyvista.trame.jupyter"):  # pyvista >= 0.49, then older pyvista
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                importlib.import_module(module)
+        except Exception:  # ImportError, or a trame stack that fails to load
+            continue
+        return True
+    return False
+
+
+def show3d(points, colors=None, labels=None, *, static: bool | None = None, point_size: float = 6.0,
+           window_size=(480, 400), **kw):
+    """Look at a point cloud in 3D: an interactive view in a live Jupyter frontend, a static render elsewhere.
+
+    ``colors``: (N, 3) RGB in [0, 1] or [0, 255], or (N,) scalars mapped through ``cmap``; ``labels``: (N,)
+    integers → the shared palette; neither → one colour. Returns something to display (end the cell with it):
+
+    - live (:func:`is_static` is False) and pyvista's Jupyter backend installed (the optional trame packages, see
+      README "Interactive 3D views"): pyvista's trame viewer widget — rotate, zoom, pan;
+    - otherwise: :func:`render_points`' picture as an ``IPython.display.Image`` (``kw``: its options, e.g.
+      ``camera``, ``zoom``, ``cmap``).
+    """
+    import io
+
+    from IPython.display import Image
+
+    from ssl3d.utils import check_points
+
+    pts = np.asarray(check_points(np.asarray(points, dtype=np.float32), batched=False))
+    rgb = scalars = None
+    if colors is not None:
+        c = np.asarray(colors)
+        if c.ndim == 2 and c.shape[1] == 3:
+            rgb = c
+        elif c.ndim == 1:
+            scalars = c
+        else:
+            raise ValueError(f"show3d: colors must be (N, 3) RGB or (N,) scalars, got shape {c.shape}")
+        if len(c) != len(pts):
+            raise ValueError(f"show3d: {len(c)} colors for {len(pts)} points")
+    if not is_static(static) and _trame_viewer_available():
+        pv = _pyvista()
+        pl = pv.Plotter(notebook=True, window_size=list(window_size))
+        cloud = pv.PolyData(pts)
+        cloud["rgb"] = _colors_for(len(pts), kw.get("color"), labels, scalars, rgb, kw.get("cmap", "viridis"))
+        pl.add_mesh(cloud, scalars="rgb", rgb=True, point_size=point_size, render_points_as_spheres=True)
+        return pl.show(jupyter_backend="trame", return_viewer=True)
+    img = render_points(pts, labels=labels, scalars=scalars, rgb=rgb, point_size=point_size,
+                        window_size=window_size, **kw)
+    buf = io.BytesIO()
+    plt.imsave(buf, img, format="png")
+    return Image(data=buf.getvalue(), format="png")

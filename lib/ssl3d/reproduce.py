@@ -1,12 +1,17 @@
 """The notebook runner behind ``./reproduce.sh``: execute the numbered notebooks in order with papermill.
 
-    python -m ssl3d.reproduce [--profile smoke|full] [--data-root DIR] [--only NAME ...]
+    python -m ssl3d.reproduce [--profile smoke|full] [--data-root DIR] [--only NAME ...] [--html [DIR]]
 
 - ``smoke`` runs each notebook with the defaults of its ``parameters`` cell (CPU, minutes, embedded data).
 - ``full`` adds ``-f configs/full/<stem>.yaml`` (the papers' settings; GPU + real data under ``--data-root``).
 - Executed notebooks go to ``runs/<profile>/<stem>.ipynb``, written to a temporary file and moved into place
   only when the notebook succeeded; figures are written atomically by :mod:`ssl3d.plot`.
 - The first failure stops the run, names the notebook and the failing cell, and exits non-zero.
+- ``--html [DIR]`` then builds the static site of the executed notebooks (:mod:`ssl3d.site`) into DIR (default
+  ``<repo>/site``). With ``--html`` only the notebooks that have no executed copy in ``runs/<profile>/`` run (all
+  of them the first time; ``--only`` names notebooks to rerun anyway).
+- Kernels run with ``SSL3D_STATIC=1`` (unless set): interactive cells (``ssl3d.plot.interactive``/``show3d``)
+  render one static frame into the executed notebook.
 """
 
 from __future__ import annotations
@@ -17,22 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-from ssl3d.utils import repo_root
+from ssl3d.utils import list_notebooks, repo_root  # noqa: F401  (list_notebooks: re-exported)
 
 __all__ = ["list_notebooks", "run_notebook", "main"]
-
-
-def list_notebooks(root: Path | None = None, only: list[str] | None = None) -> list[Path]:
-    """The numbered notebooks ``notebooks/NN_*.ipynb`` in order; ``only`` filters by stem or number prefix."""
-    root = root or repo_root()
-    nbs = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    if only:
-        picked = [p for p in nbs if any(p.stem == o or p.stem.startswith(o) or p.name == o for o in only)]
-        if not picked:
-            names = ", ".join(p.stem for p in nbs)
-            raise SystemExit(f"reproduce: --only {' '.join(only)} matches no notebook (have: {names})")
-        nbs = picked
-    return nbs
 
 
 def _params_for(stem: str, profile: str, data_root: str | None, root: Path) -> tuple[dict, Path | None]:
@@ -60,6 +52,8 @@ def run_notebook(path: Path, profile: str = "smoke", data_root: str | None = Non
         params = {**yaml.safe_load(cfg.read_text()), **params}
     final = out_dir / path.name
     tmp = out_dir / f".{path.stem}.partial.ipynb"
+    static_before = os.environ.get("SSL3D_STATIC")
+    os.environ.setdefault("SSL3D_STATIC", "1")  # inherited by the kernel: interactive cells draw one static frame
     try:
         pm.execute_notebook(str(path), str(tmp), parameters=params, kernel_name="python3", cwd=str(path.parent),
                             progress_bar=False, log_output=False)
@@ -67,6 +61,9 @@ def run_notebook(path: Path, profile: str = "smoke", data_root: str | None = Non
         if tmp.exists():  # keep the failed run for inspection, never in place of a good one
             os.replace(tmp, out_dir / f"{path.stem}.FAILED.ipynb")
         raise
+    finally:
+        if static_before is None:
+            os.environ.pop("SSL3D_STATIC", None)
     os.replace(tmp, final)
     (out_dir / f"{path.stem}.FAILED.ipynb").unlink(missing_ok=True)
     return final
@@ -87,11 +84,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", choices=["smoke", "full"], default="smoke")
     ap.add_argument("--data-root", default=None, help="folder holding the real datasets (full profile)")
     ap.add_argument("--only", nargs="+", default=None, help="run only these notebooks (stem or NN prefix)")
+    ap.add_argument("--html", nargs="?", const="", default=None, metavar="DIR",
+                    help="then build the static site of the executed notebooks into DIR (default: <repo>/site); "
+                         "runs only the notebooks missing from runs/<profile>/ unless --only is given")
     args = ap.parse_args(argv)
     if args.data_root is not None and not Path(args.data_root).is_dir():
         print(f"reproduce: --data-root {args.data_root} is not a folder", file=sys.stderr)
         return 2
     nbs = list_notebooks(only=args.only)
+    if args.html is not None and not args.only:
+        done = [nb for nb in nbs if (repo_root() / "runs" / args.profile / nb.name).is_file()]
+        if done:
+            print(f"reproduce: --html reuses {len(done)} executed notebook(s) in runs/{args.profile}/ "
+                  f"({', '.join(nb.stem for nb in done)}); `./reproduce.sh` reruns them", flush=True)
+        nbs = [nb for nb in nbs if nb not in done]
+        if not nbs:
+            return _build_html(args.profile, args.html)
     print(f"reproduce: profile={args.profile}, {len(nbs)} notebook(s)", flush=True)
     summary, t_all = [], time.perf_counter()
     for nb in nbs:
@@ -111,6 +119,24 @@ def main(argv: list[str] | None = None) -> int:
         summary.append((nb.stem, "ok", dt))
         print(f"    ok in {dt:.0f}s → {out.relative_to(repo_root())}", flush=True)
     _print_summary(summary, time.perf_counter() - t_all)
+    if args.html is not None:
+        return _build_html(args.profile, args.html)
+    return 0
+
+
+def _build_html(profile: str, out: str) -> int:
+    """``--html``: the static site of ``runs/<profile>/`` (see :mod:`ssl3d.site`) into ``out`` or ``<repo>/site``."""
+    from ssl3d import site
+
+    dest = Path(out) if out else repo_root() / "site"
+    t0 = time.perf_counter()
+    try:
+        pages = site.build_site(site.executed_notebooks(profile), dest)
+    except (site.MissingRunsError, FileExistsError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"\nreproduce: static site of {len(pages)} notebooks ({sum(p.n_images for p in pages)} figures) → "
+          f"{dest / 'index.html'} in {time.perf_counter() - t0:.1f} s", flush=True)
     return 0
 
 

@@ -19,6 +19,9 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "repo_root",
+    "pick_device",
+    "available_cores",
+    "configure_threads",
 ]
 
 
@@ -33,14 +36,74 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def rng_state() -> dict[str, Any]:
-    """Everything needed to resume random number streams exactly (stored in checkpoints)."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Everything needed to resume random number streams exactly (stored in checkpoints).
+
+    Only tensors, ints, strings and tuples, so that checkpoints load with ``torch.load(..., weights_only=True)``.
+    """
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def available_cores() -> int:
+    """CPU cores this process may really use: its affinity mask, capped by a cgroup CPU quota (containers, CI)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    try:  # cgroup v2: "max 100000" or "<quota> <period>"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def configure_threads(n: int | None = None) -> int:
+    """Set torch's intra-op threads: ``n``, else ``SSL3D_THREADS``, else :func:`available_cores` (never more).
+
+    Called by ``import ssl3d``. Two processes on 2 cores each running 2 spinning OpenMP threads slow each other
+    down far more than 2×; ssl3d also sets ``OMP_WAIT_POLICY=PASSIVE`` when it is imported before torch (see the
+    package docstring). ``benchmarks/contention.py`` measures the effect. Returns the thread count.
+    """
+    if n is None:
+        env = os.environ.get("SSL3D_THREADS")
+        if env is not None:
+            try:
+                n = int(env)
+            except ValueError:
+                raise ValueError(f"SSL3D_THREADS must be a positive integer, got {env!r}") from None
+        else:
+            n = available_cores()
+    if n < 1:
+        raise ValueError(f"the thread count must be ≥ 1, got {n}")
+    torch.set_num_threads(n)
+    return n
+
+
+def pick_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (or None) → CUDA when a GPU is visible, else the CPU; anything else is checked and returned.
+    Every notebook takes a ``device`` parameter that goes through here."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} but no CUDA GPU is visible (torch {torch.__version__}, CUDA build: "
+                           f"{torch.version.cuda}); use device='cpu' or 'auto'")
+    return d
 
 
 def check_points(x: torch.Tensor | np.ndarray, name: str = "points", dim: int = 3, batched: bool | None = None):
@@ -64,7 +127,7 @@ def progress(iterable=None, total: int | None = None, desc: str = "", **kw):
     """A tqdm progress bar that stays quiet in CI/tests (SSL3D_PROGRESS=0) so notebook outputs stay diff-able."""
     from tqdm.auto import tqdm
 
-    disable = os.environ.get("SSL3D_PROGRESS", "1") == "0"
+    disable = kw.pop("disable", False) or os.environ.get("SSL3D_PROGRESS", "1") == "0"
     return tqdm(iterable, total=total, desc=desc, disable=disable, leave=False, dynamic_ncols=True, **kw)
 
 
@@ -95,9 +158,10 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer=None, sc
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist: train first or pass the right path")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated / not a torch file
-        raise ValueError(f"checkpoint {path} could not be read ({e}); it is truncated or not a torch file") from e
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated / not a torch file / objects weights_only refuses
+        raise ValueError(f"checkpoint {path} could not be read ({type(e).__name__}: {e}); it is truncated, not a "
+                         f"torch file, or holds objects other than tensors and plain Python values") from e
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{path} is not an ssl3d checkpoint (no 'model' entry); was it saved by save_checkpoint?")
     missing, unexpected = [], []
@@ -134,3 +198,16 @@ def repo_root() -> Path:
         if (p / "pyproject.toml").is_file() and (p / "lib" / "ssl3d").is_dir():
             return p
     return Path.cwd()
+
+
+def list_notebooks(root: Path | None = None, only: list[str] | None = None) -> list[Path]:
+    """The numbered notebooks ``notebooks/NN_*.ipynb`` in order; ``only`` filters by stem or number prefix."""
+    root = root or repo_root()
+    nbs = sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        picked = [p for p in nbs if any(p.stem == o or p.stem.startswith(o) or p.name == o for o in only)]
+        if not picked:
+            names = ", ".join(p.stem for p in nbs)
+            raise SystemExit(f"--only {' '.join(only)} matches no notebook (have: {names})")
+        nbs = picked
+    return nbs

@@ -1,21 +1,33 @@
-"""torch Datasets and collate functions over the embedded (procedural) data, and label-fraction splits.
+"""torch Datasets and collate functions over the embedded (procedural) data, adapters for the real readers, and
+the label budgets of the data-efficient protocols.
 
-=======================  ===================================================  ==========================
-dataset                  item                                                 collate
-=======================  ===================================================  ==========================
-ObjectDataset            object cloud: points, normals, part labels, class    :func:`collate_objects`
-SceneDataset             voxelized room: coords, feats, labels, point maps    :func:`collate_scenes`
+=======================  ===================================================  ===================================
+dataset                  item (the schema of ``ssl3d.data``)                  collate
+=======================  ===================================================  ===================================
+ObjectDataset            object cloud: points, normals, part, label           :func:`collate_objects` (point nets)
+FixedSizeClouds          the same from a real reader (ModelNet40, …)          :func:`collate_voxels` (sparse nets)
+SceneDataset             voxelized room: coords, feats, labels, + points,     :func:`collate_scenes`
+VoxelizedScenes          semantic, inverse (the same from S3DIS / ScanNet)
 ViewPairDataset          two views + correspondences + relative transform     :func:`collate_pairs`
 RGBDFrameDataset         RGB-D frame + its points + their pixel indices       :func:`collate_frames`
-=======================  ===================================================  ==========================
+=======================  ===================================================  ===================================
 
 Items are generated lazily from (seed, split, index) and cached, so a dataset is deterministic, cheap to
 create, and the train and test splits never share an instance. Augmentations (``transform``) get a
-generator seeded by (seed, epoch, index): call ``set_epoch`` to draw new augmentations each epoch.
+generator seeded by (seed, epoch, index) — :class:`AugmentedDataset`, the base of every dataset here — so call
+``set_epoch`` to draw new augmentations each epoch (``ssl3d.train.train`` does).
+
+Label budgets (nested: a smaller budget is a subset of a larger one for the same seed):
+    :func:`label_fraction_subset` / :func:`per_class_subset`   labelled shapes (classification, part segmentation)
+    :func:`scene_subset`           limited reconstructions: a fraction of the training scenes, all their labels
+    :func:`annotation_subset`      limited annotations: exactly N labelled points per scene
+(Hou et al., CVPR 2021, "Exploring Data-Efficient 3D Scene Understanding with Contrastive Scene Contexts".)
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import zlib
 
 import numpy as np
@@ -28,16 +40,23 @@ from ssl3d.data import synthetic as S
 
 __all__ = [
     "label_fraction_subset",
+    "per_class_subset",
+    "scene_subset",
+    "annotation_subset",
+    "AugmentedDataset",
     "ObjectDataset",
     "collate_objects",
+    "collate_voxels",
+    "collate_for",
+    "FixedSizeClouds",
     "SceneDataset",
+    "VoxelizedScenes",
     "collate_scenes",
+    "PairDataset",
     "ViewPairDataset",
     "collate_pairs",
     "RGBDFrameDataset",
     "collate_frames",
-    "FixedSizeClouds",
-    "VoxelizedScenes",
 ]
 
 _SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -48,35 +67,93 @@ def _seed(*parts) -> int:
     return zlib.crc32(repr(parts).encode()) * 2654435761 % (2**63)
 
 
+def _class_permutations(labels, seed: int):
+    labels = np.asarray(labels)
+    for c in np.unique(labels):
+        idx = np.nonzero(labels == c)[0]
+        yield idx, np.random.default_rng(_seed("fraction", seed, int(c))).permutation(idx)
+
+
 def label_fraction_subset(labels, fraction: float, seed: int = 0, min_per_class: int = 1) -> np.ndarray:
     """Indices of a class-stratified subset holding ``fraction`` of every class (at least ``min_per_class``).
 
     Deterministic given ``seed``, and nested: for one seed the 1 % subset ⊂ 5 % ⊂ 10 % ⊂ 100 %, because every
-    fraction takes a prefix of the same per-class permutation. Returns sorted int64 indices.
+    fraction takes a prefix of the same per-class permutation. Returns sorted int64 indices. With few shapes per
+    class the rounding and ``min_per_class`` dominate (1 % of 30 shapes is 1 shape, 3.3 %): report the number of
+    labelled shapes, or ask for :func:`per_class_subset` directly.
     """
-    labels = np.asarray(labels)
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    out = []
-    for c in np.unique(labels):
-        idx = np.nonzero(labels == c)[0]
-        perm = np.random.default_rng(_seed("fraction", seed, int(c))).permutation(idx)
-        k = min(len(idx), max(min_per_class, int(round(fraction * len(idx)))))
-        out.append(perm[:k])
+    out = [perm[:min(len(idx), max(min_per_class, int(round(fraction * len(idx)))))]
+           for idx, perm in _class_permutations(labels, seed)]
     return np.sort(np.concatenate(out)).astype(np.int64)
 
 
-class _Lazy(Dataset):
-    """Base: lazily generated, cached items + per-epoch augmentation."""
+def per_class_subset(labels, n_per_class: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``n_per_class`` labelled shapes of every class (all of a class that has fewer); sorted int64.
+    The same per-class permutations as :func:`label_fraction_subset`, so the two nest with each other."""
+    if n_per_class < 1:
+        raise ValueError(f"n_per_class must be ≥ 1, got {n_per_class}")
+    return np.sort(np.concatenate([perm[:n_per_class] for _, perm in _class_permutations(labels, seed)]))
+
+
+def scene_subset(n_scenes: int, fraction: float, seed: int = 0) -> np.ndarray:
+    """Limited reconstructions: ``round(fraction · n_scenes)`` training scenes (at least one), sorted int64, nested
+    across fractions for one seed (a prefix of one permutation)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if n_scenes < 1:
+        raise ValueError("scene_subset: the training split has no scenes")
+    perm = np.random.default_rng(_seed("scenes", seed)).permutation(n_scenes)
+    return np.sort(perm[:max(1, int(round(fraction * n_scenes)))]).astype(np.int64)
+
+
+def annotation_subset(labels, n_points: int, seed: int = 0, key=0, ignore_index: int = -100) -> np.ndarray:
+    """Limited annotations: indices of exactly ``n_points`` labelled points of one scene (uniformly at random
+    among the points whose label is not ``ignore_index``; all of them when the scene has fewer).
+
+    Deterministic given (seed, key) — ``key`` names the scene, e.g. its index — and nested: the 20-point subset
+    ⊂ 50 ⊂ 100 ⊂ 200 for one seed. Returns sorted int64 point indices.
+    """
+    if n_points < 1:
+        raise ValueError(f"n_points must be ≥ 1, got {n_points}")
+    labels = np.asarray(labels)
+    valid = np.nonzero(labels != ignore_index)[0]
+    perm = np.random.default_rng(_seed("annotations", seed, key)).permutation(valid)
+    return np.sort(perm[:n_points]).astype(np.int64)
+
+
+class AugmentedDataset(Dataset):
+    """Base of every dataset here: a seed, an epoch, and the random generator of each item's augmentation.
+
+    ``aug_rng(i, *extra)`` is seeded by (seed, epoch, i, *extra): augmentations differ per epoch and per item, and
+    the same (seed, epoch) gives the same data whatever the worker or process that loads it.
+    """
+
+    def __init__(self, seed: int = 0, transform=None):
+        self.seed, self.transform, self.epoch = seed, transform, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+
+    def aug_rng(self, i: int, *extra) -> np.random.Generator:
+        return np.random.default_rng(_seed("aug", self.seed, self.epoch, i, *extra))
+
+    def augment(self, sample: dict, i: int, *extra) -> dict:
+        if self.transform is None:
+            return sample
+        return self.transform(dict(sample), self.aug_rng(i, *extra))
+
+
+class _Lazy(AugmentedDataset):
+    """Embedded data: lazily generated, cached items for one split."""
 
     def __init__(self, seed: int, split: str, transform=None):
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
-        self.seed, self.split, self.transform, self.epoch = seed, split, transform, 0
+        super().__init__(seed, transform)
+        self.split = split
         self._cache: dict[int, dict] = {}
-
-    def set_epoch(self, epoch: int):
-        self.epoch = epoch
 
     def _item(self, i: int) -> dict:
         raise NotImplementedError
@@ -89,11 +166,6 @@ class _Lazy(Dataset):
         if i not in self._cache:
             self._cache[i] = self._item(i)
         return self._cache[i]
-
-    def augment(self, sample: dict, i: int) -> dict:
-        if self.transform is None:
-            return sample
-        return self.transform(dict(sample), np.random.default_rng(_seed("aug", self.seed, self.epoch, i)))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -115,6 +187,8 @@ class ObjectDataset(_Lazy):
         self.class_ids = [S.OBJECT_CLASSES.index(c) for c in self.classes]
         self.n_per_class, self.n_points, self.variant, self.random_yaw = n_per_class, n_points, variant, random_yaw
         self.stretch = stretch
+        self.class_names, self.num_classes = list(self.classes), len(self.classes)
+        self.part_ranges, self.num_parts = [list(r) for r in S.PART_RANGES], S.NUM_PARTS  # global part ids
 
     def __len__(self):
         return len(self.classes) * self.n_per_class
@@ -140,36 +214,74 @@ class ObjectDataset(_Lazy):
 
 
 def collate_objects(batch: list[dict]) -> dict:
-    """Stack fixed-size object clouds: points (B, N, 3), normals (B, N, 3), part (B, N), label (B,)."""
-    out = {"points": torch.from_numpy(np.stack([b["points"] for b in batch])).float(),
-           "label": torch.tensor([b["label"] for b in batch], dtype=torch.long)}
-    for k in ("normals", "part"):
+    """Stack fixed-size object clouds (point backbones): points (B, N, 3), and label (B,), normals (B, N, 3),
+    part (B, N), feats (B, N, C) when every item has them."""
+    out = {"points": torch.from_numpy(np.stack([b["points"] for b in batch])).float()}
+    if all("label" in b for b in batch):
+        out["label"] = torch.tensor([b["label"] for b in batch], dtype=torch.long)
+    for k in ("normals", "part", "feats"):
         if all(k in b for b in batch):
             out[k] = torch.from_numpy(np.stack([b[k] for b in batch]))
     return out
 
 
-class FixedSizeClouds(Dataset):
+def collate_voxels(batch: list[dict], voxel_size: float) -> dict:
+    """Voxelize object clouds for a sparse backbone: ``coords (ΣM, 4)`` = (sample, x, y, z), ``feats (ΣM, C)``
+    (per-voxel mean of the items' ``feats``; absent for geometry-only items), ``centers (ΣM, 3)`` voxel centres,
+    ``labels (ΣM,)`` majority part per voxel when items have parts, ``inverse (ΣN,)`` point → row of ``coords``,
+    and the :func:`collate_objects` keys (``label (B,)``, ``points (B, N, 3)``, ``part (B, N)``)."""
+    out = collate_objects(batch)
+    vox = [G.voxelize(torch.from_numpy(np.asarray(b["points"], np.float32)), voxel_size,
+                      feats=None if "feats" not in b else torch.as_tensor(b["feats"]),
+                      labels=None if "part" not in b else torch.as_tensor(b["part"]).long()) for b in batch]
+    offsets = torch.tensor([0] + [len(v) for v in vox]).cumsum(0)
+    out.update(coords=G.with_batch_index([v.coords for v in vox]), centers=torch.cat([v.centers() for v in vox]),
+               inverse=torch.cat([v.inverse + offsets[i] for i, v in enumerate(vox)]), offsets=offsets)
+    if all(v.feats is not None for v in vox):
+        out["feats"] = torch.cat([v.feats for v in vox]).float()
+    else:
+        out.pop("feats", None)
+    if all(v.labels is not None for v in vox):
+        out["labels"] = torch.cat([v.labels for v in vox])  # (ΣM,) majority part per voxel: per-site targets
+    return out
+
+
+def collate_for(backbone, voxel_size: float = 0.05):
+    """The collate function that batches object items for ``backbone``: :func:`collate_objects` for point
+    backbones (``kind == "point"``), :func:`collate_voxels` at ``voxel_size`` for sparse ones."""
+    kind = getattr(backbone, "kind", None)
+    if kind == "point":
+        return collate_objects
+    if kind == "sparse":
+        return functools.partial(collate_voxels, voxel_size=voxel_size)
+    raise TypeError(f"collate_for: {type(backbone).__name__} is not an ssl3d backbone (kind {kind!r})")
+
+
+class FixedSizeClouds(AugmentedDataset):
     """Adapt a reader of real object clouds (``ssl3d.data.real``: ModelNet40, ShapeNetPart, ScanObjectNN) to the
     :class:`ObjectDataset` interface: exactly ``n_points`` points per item (a random subset, deterministic per
-    seed and index; drawn with replacement when a cloud is smaller), centred and scaled into the unit sphere,
-    keys ``points``, ``label`` and — when the reader has them — ``normals`` and ``part``."""
+    seed and index; drawn with replacement when a cloud is smaller), centred and scaled into the unit sphere
+    (bounding-box centre), keys ``points``, ``label`` and — when the reader has them — ``normals`` and ``part``.
+    Metadata (``class_names``, ``num_classes``, ``part_ranges``, ``num_parts``) is copied from the reader when
+    it has it."""
 
     def __init__(self, base, n_points: int = 1024, seed: int = 0, normalize: bool = True, transform=None):
-        self.base, self.n_points, self.seed, self.normalize, self.transform, self.epoch = (base, n_points, seed,
-                                                                                           normalize, transform, 0)
+        super().__init__(seed, transform)
+        self.base, self.n_points, self.normalize = base, n_points, normalize
         self._labels = None
+        for k in ("class_names", "num_classes", "part_ranges", "num_parts"):
+            if hasattr(base, k):
+                setattr(self, k, getattr(base, k))
 
     def __len__(self):
         return len(self.base)
 
-    def set_epoch(self, epoch: int):
-        self.epoch = epoch
-
     @property
     def labels(self) -> np.ndarray:
         if self._labels is None:
-            self._labels = np.array([int(np.asarray(self.base[i]["label"]).reshape(-1)[0]) for i in range(len(self))])
+            base_labels = getattr(self.base, "labels", None)
+            self._labels = (np.asarray(base_labels).reshape(-1) if base_labels is not None else
+                            np.array([int(np.asarray(self.base[i]["label"]).reshape(-1)[0]) for i in range(len(self))]))
         return self._labels
 
     def __getitem__(self, i):
@@ -182,33 +294,85 @@ class FixedSizeClouds(Dataset):
             if k in d and d[k] is not None:
                 out[k] = np.asarray(d[k])[idx]
         if self.normalize:
-            c = (out["points"].max(0) + out["points"].min(0)) / 2
-            out["points"] = (out["points"] - c) / max(np.linalg.norm(out["points"] - c, axis=1).max(), 1e-9)
-        if self.transform is not None:
-            out = self.transform(out, np.random.default_rng(_seed("aug", self.seed, self.epoch, i)))
-        return out
+            out["points"] = G.normalize_unit_sphere(out["points"], center="bbox")[0]
+        return self.augment(out, i)
 
 
 # ----------------------------------------------------------------------------------------------------------
-class SceneDataset(_Lazy):
+class _Scenes(AugmentedDataset):
+    """Base of the scene datasets: point-level scene → (labels kept for limited annotations) → augmentation →
+    voxelization. Subclasses provide ``_points(i)`` → dict with ``points (N, 3)``, ``colors (N, 3)`` in [0, 1],
+    ``semantic (N,)`` (and ``normals`` for ``features="rgb+normal"``)."""
+
+    FEATURES = ("rgb", "ones", "rgb+normal")
+
+    def __init__(self, voxel_size: float, features: str, seed: int, transform, ignore_index: int):
+        super().__init__(seed, transform)
+        if features not in self.FEATURES:
+            raise ValueError(f"features must be one of {self.FEATURES}, got {features!r}")
+        if not voxel_size > 0:
+            raise ValueError(f"voxel_size must be > 0 (metres), got {voxel_size}")
+        self.voxel_size, self.features, self.ignore_index = voxel_size, features, ignore_index
+        self.annotated: dict[int, np.ndarray] | None = None  # scene → labelled point indices (limited annotations)
+
+    @property
+    def in_channels(self) -> int:
+        """Width of ``feats`` for a backbone's ``in_channels`` (0 = geometry only)."""
+        return {"rgb": 3, "ones": 0, "rgb+normal": 6}[self.features]
+
+    def _points(self, i: int) -> dict:
+        raise NotImplementedError
+
+    def with_annotations(self, n_points: int, seed: int = 0):
+        """A copy in which every scene keeps the labels of exactly ``n_points`` of its points (the limited-
+        annotations regime; :func:`annotation_subset`, nested across ``n_points``). Evaluation data is untouched."""
+        out = copy.copy(self)
+        out.annotated = {i: annotation_subset(self._points(i)["semantic"], n_points, seed, key=i,
+                                              ignore_index=self.ignore_index) for i in range(len(self))}
+        return out
+
+    def __getitem__(self, i):
+        d = dict(self._points(i))
+        if self.annotated is not None:  # limited annotations: only the chosen points keep their labels
+            sem = np.full_like(d["semantic"], self.ignore_index)
+            sem[self.annotated[i]] = d["semantic"][self.annotated[i]]
+            d["semantic"] = sem
+        d = self.augment(d, i)
+        n = len(d["points"])
+        if self.features == "rgb":
+            f = d["colors"]
+        elif self.features == "rgb+normal":
+            f = np.concatenate([d["colors"], d["normals"]], 1)
+        else:
+            f = np.ones((n, 1), np.float32)
+        pts = torch.from_numpy(np.ascontiguousarray(d["points"], np.float32))
+        sem = torch.from_numpy(np.asarray(d["semantic"], np.int64))
+        v = G.voxelize(pts, self.voxel_size, feats=torch.from_numpy(np.ascontiguousarray(f, np.float32)), labels=sem,
+                       ignore_index=self.ignore_index)
+        out = {"coords": v.coords, "labels": v.labels, "inverse": v.inverse, "points": pts, "semantic": sem}
+        if self.features != "ones":  # geometry-only backbones get no feats (in_channels = 0)
+            out["feats"] = v.feats.float()
+        return out
+
+
+class SceneDataset(_Scenes):
     """Voxelized rooms for semantic segmentation (ScanNet / S3DIS stand-in).
 
-    Items: ``coords (M, 3) int64`` voxel coordinates, ``feats (M, C) float32`` (RGB, or ones for geometry-only
-    networks), ``labels (M,)`` majority semantic label per voxel (``ignore_index`` where none), ``inverse (N,)``
-    point → voxel map, ``points (N, 3)`` and ``point_labels (N,)`` for evaluation at the original points.
-    Augmentation (``transform``) acts on the points before voxelization.
+    Items: ``coords (M, 3) int64`` voxel coordinates, ``feats (M, C) float32`` (RGB, RGB + normals; absent for
+    ``features="ones"``, geometry only), ``labels (M,)`` majority semantic label per voxel (``ignore_index`` where
+    none), ``inverse (N,)`` point → voxel map, ``points (N, 3)`` and ``semantic (N,)`` for evaluation at the
+    original points. Augmentation (``transform``) acts on the points before voxelization.
     """
 
     def __init__(self, n_rooms: int = 8, points_per_room: int = 60_000, voxel_size: float = 0.05,
                  split: str = "train", seed: int = 0, features: str = "rgb", transform=None,
                  ignore_index: int = -100):
-        super().__init__(seed, split, transform)
-        if features not in ("rgb", "ones", "rgb+normal"):
-            raise ValueError(f"features must be 'rgb', 'ones' or 'rgb+normal', got {features!r}")
-        self.n_rooms, self.points_per_room, self.voxel_size = n_rooms, points_per_room, voxel_size
-        self.features, self.ignore_index = features, ignore_index
-        self.num_classes = len(S.ROOM_CLASSES)
-        self.class_names = list(S.ROOM_CLASSES)
+        if split not in _SPLITS:
+            raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
+        super().__init__(voxel_size, features, seed, transform, ignore_index)
+        self.n_rooms, self.points_per_room, self.split = n_rooms, points_per_room, split
+        self.num_classes, self.class_names = len(S.ROOM_CLASSES), list(S.ROOM_CLASSES)
+        self._cache: dict[int, dict] = {}
 
     def __len__(self):
         return self.n_rooms
@@ -216,85 +380,117 @@ class SceneDataset(_Lazy):
     def room(self, i) -> S.Room:
         return S.make_room(_seed("room", self.seed, self.split, i))
 
-    def _item(self, i):
-        return S.sample_room(self.room(i), self.points_per_room, seed=_seed("roompts", self.seed, self.split, i))
-
-    def __getitem__(self, i):
-        d = self.augment(self.raw(i), i)
-        pts = torch.from_numpy(d["points"])
-        if self.features == "rgb":
-            f = d["colors"]
-        elif self.features == "rgb+normal":
-            f = np.concatenate([d["colors"], d["normals"]], 1)
-        else:
-            f = np.ones((len(pts), 1), np.float32)
-        v = G.voxelize(pts, self.voxel_size, feats=torch.from_numpy(np.ascontiguousarray(f)),
-                       labels=torch.from_numpy(d["semantic"]), ignore_index=self.ignore_index)
-        return {"coords": v.coords, "feats": v.feats.float(), "labels": v.labels, "inverse": v.inverse,
-                "points": pts, "point_labels": torch.from_numpy(d["semantic"])}
+    def _points(self, i):
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for SceneDataset of length {len(self)}")
+        if i not in self._cache:
+            self._cache[i] = S.sample_room(self.room(i), self.points_per_room,
+                                           seed=_seed("roompts", self.seed, self.split, i))
+        return self._cache[i]
 
 
-class VoxelizedScenes(Dataset):
+class VoxelizedScenes(_Scenes):
     """Adapt a reader of real scenes (``ssl3d.data.real.S3DIS`` / ``ScanNetScenes``: items with ``points``,
-    ``colors`` in [0, 1] and ``semantic``) to :class:`SceneDataset`'s items (voxelized, same keys)."""
+    ``colors`` in [0, 1] and ``semantic``) to :class:`SceneDataset`'s items (voxelized, same keys). Each scene is
+    shifted so that its minimum corner is the origin."""
 
     def __init__(self, base, voxel_size: float = 0.05, features: str = "rgb", transform=None, seed: int = 0,
                  num_classes: int | None = None, class_names=None, ignore_index: int = -100):
-        self.base, self.voxel_size, self.features, self.transform = base, voxel_size, features, transform
-        self.seed = seed
-        self.num_classes, self.class_names, self.ignore_index, self.epoch = num_classes, class_names, ignore_index, 0
+        super().__init__(voxel_size, features, seed, transform, ignore_index)
+        self.base = base
+        self.num_classes = num_classes or getattr(base, "num_classes", None)
+        self.class_names = class_names or getattr(base, "class_names", None)
 
     def __len__(self):
         return len(self.base)
 
-    def set_epoch(self, epoch: int):
-        self.epoch = epoch
-
-    def __getitem__(self, i):
-        d = {k: np.asarray(v) for k, v in self.base[i].items() if k in ("points", "colors", "semantic")}
+    def _points(self, i):
+        d = {k: np.asarray(v) for k, v in self.base[i].items() if k in ("points", "colors", "semantic", "normals")}
         d["points"] = d["points"].astype(np.float32)
         d["points"] = d["points"] - d["points"].min(0)
-        if self.transform is not None:
-            d = self.transform(d, np.random.default_rng(_seed("aug", self.seed, self.epoch, i)))
-        f = d["colors"].astype(np.float32) if self.features == "rgb" else np.ones((len(d["points"]), 1), np.float32)
-        pts = torch.from_numpy(np.ascontiguousarray(d["points"]))
-        lab = torch.from_numpy(d["semantic"].astype(np.int64))
-        v = G.voxelize(pts, self.voxel_size, feats=torch.from_numpy(np.ascontiguousarray(f)), labels=lab,
-                       ignore_index=self.ignore_index)
-        return {"coords": v.coords, "feats": v.feats.float(), "labels": v.labels, "inverse": v.inverse,
-                "points": pts, "point_labels": lab}
+        d["semantic"] = d["semantic"].astype(np.int64)
+        return d
 
 
 def collate_scenes(batch: list[dict]) -> dict:
     """Concatenate scenes into one sparse batch: ``coords (ΣM, 4)`` = (batch index, x, y, z), ``feats``,
-    ``labels``, ``inverse`` shifted into the batch (ΣN,), and ``offsets`` (B + 1,) voxel offsets per scene."""
-    coords = torch.cat([torch.cat([torch.full((len(b["coords"]), 1), i, dtype=torch.long), b["coords"]], 1)
-                        for i, b in enumerate(batch)])
+    ``labels``, ``inverse`` shifted into the batch (ΣN,), ``semantic`` (ΣN,), ``points`` (ΣN, 3) and ``offsets``
+    (B + 1,) voxel offsets per scene."""
     offsets = torch.tensor([0] + [len(b["coords"]) for b in batch]).cumsum(0)
-    return {"coords": coords, "feats": torch.cat([b["feats"] for b in batch]),
-            "labels": torch.cat([b["labels"] for b in batch]),
-            "inverse": torch.cat([b["inverse"] + offsets[i] for i, b in enumerate(batch)]),
-            "point_labels": torch.cat([b["point_labels"] for b in batch]), "offsets": offsets}
+    out = {"coords": G.with_batch_index([b["coords"] for b in batch]),
+           "labels": torch.cat([b["labels"] for b in batch]),
+           "inverse": torch.cat([b["inverse"] + offsets[i] for i, b in enumerate(batch)]),
+           "semantic": torch.cat([b["semantic"] for b in batch]), "points": torch.cat([b["points"] for b in batch]),
+           "offsets": offsets}
+    if all("feats" in b for b in batch):
+        out["feats"] = torch.cat([b["feats"] for b in batch])
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
-class ViewPairDataset(_Lazy):
+class PairDataset(AugmentedDataset):
+    """Base of the view-pair datasets (embedded :class:`ViewPairDataset`, ``scannet_pairs.ScanNetPairs``).
+
+    Subclasses provide ``raw(k)`` — the stored pair, with the fields of :func:`ssl3d.data.rgbd.make_view_pair` — and
+    the attributes ``voxel_size``, ``features`` ("ones" or "rgb") and ``radius_factor``. ``__getitem__`` augments
+    each view independently, quantizes it again and finds the correspondences among the kept points.
+    """
+
+    voxel_size: float
+    features: str
+    radius_factor: float = 1.5
+
+    def __getitem__(self, k):
+        d = dict(self.raw(k))
+        T = d["T"].astype(np.float64)
+        views = []
+        for v in (0, 1):
+            s = {"points": d[f"points{v}"], "colors": d[f"colors{v}"]}
+            if self.transform is not None:
+                s = self.transform(s, self.aug_rng(k, v))
+            views.append(s)
+        # x0' = R0 x0, x1' = R1 x1 and x0 = T x1  ⇒  x0' = R0 T R1ᵀ x1'
+        R0, R1 = (np.eye(4), np.eye(4))
+        R0[:3, :3] = views[0].get("rotation", np.eye(3))
+        R1[:3, :3] = views[1].get("rotation", np.eye(3))
+        T = R0 @ T @ np.linalg.inv(R1)
+        out = {"T": torch.from_numpy(T).float(), "overlap": d["overlap"]}
+        # quantize each augmented view again (a rotation can bring two points into one voxel) and find the
+        # correspondences among the points kept — radius search at 1.5 × voxel after the ground-truth transform, as
+        # PointContrast's loader does after its sparse_quantize
+        for v, s in enumerate(views):
+            pts = torch.from_numpy(np.asarray(s["points"], np.float32))
+            vox = G.voxelize(pts, self.voxel_size)
+            out[f"points{v}"] = pts[vox.index]
+            out[f"coords{v}"] = vox.coords
+            out[f"feats{v}"] = (torch.ones(len(vox), 1) if self.features == "ones"
+                                else torch.from_numpy(np.asarray(s["colors"], np.float32))[vox.index])
+        p1_in_0 = G.apply_transform(out["points1"], out["T"])
+        out["correspondences"] = G.radius_pairs(out["points0"], p1_in_0, self.radius_factor * self.voxel_size)
+        return out
+
+
+class ViewPairDataset(PairDataset, _Lazy):
     """PointContrast's input: pairs of overlapping RGB-D views of rooms with point correspondences.
 
     For each of ``n_rooms`` rooms, ``frames_per_room`` frames are rendered along a trajectory and every pair
     with overlap ≥ ``min_overlap`` (within ``max_gap`` frames) is kept. An item holds both views voxel-
     subsampled at ``voxel_size`` in their own camera frames, then each view is independently augmented
-    (``transform``, e.g. a random rotation); ``T`` maps view 1 into view 0 *after* augmentation, so
-    ``points0[i] ≈ T · points1[j]`` for every correspondence (i, j).
-    Items: ``points0/points1 (N, 3)``, ``coords0/coords1 (N, 3) int64`` voxel coordinates, ``feats0/feats1``
+    (``transform``, e.g. a random rotation) and quantized again (unique voxels); correspondences are then found
+    among the kept points (radius ``radius_factor · voxel_size`` after the ground-truth transform). ``T`` maps view 1
+    into view 0 *after* augmentation, so ``‖points0[i] − T · points1[j]‖ ≤ 1.5 · voxel_size`` for every
+    correspondence (i, j).
+    Items: ``points0/points1 (N, 3)``, ``coords0/coords1 (N, 3) int64`` unique voxel coordinates, ``feats0/feats1``
     (ones, geometry only, as in PointContrast; or colours), ``correspondences (P, 2)``, ``T (4, 4)``, ``overlap``.
     """
 
     def __init__(self, n_rooms: int = 4, frames_per_room: int = 24, voxel_size: float = 0.05,
                  min_overlap: float = 0.3, max_gap: int = 4, split: str = "train", seed: int = 0,
-                 width: int = 160, height: int = 120, features: str = "ones", transform=None):
-        super().__init__(seed, split, transform)
+                 width: int = 160, height: int = 120, features: str = "ones", transform=None,
+                 radius_factor: float = 1.5):
+        _Lazy.__init__(self, seed, split, transform)
         self.n_rooms, self.frames_per_room, self.voxel_size = n_rooms, frames_per_room, voxel_size
+        self.radius_factor = radius_factor
         self.min_overlap, self.max_gap, self.width, self.height, self.features = (min_overlap, max_gap, width,
                                                                                   height, features)
         self._frames: dict[int, list[dict]] = {}
@@ -320,38 +516,12 @@ class ViewPairDataset(_Lazy):
         f = self.frames(r)
         return R.make_view_pair(f[i], f[j], self.voxel_size)
 
-    def __getitem__(self, k):
-        d = dict(self.raw(k))
-        T = d["T"].astype(np.float64)
-        views = []
-        for v in (0, 1):
-            s = {"points": d[f"points{v}"], "colors": d[f"colors{v}"]}
-            if self.transform is not None:
-                s = self.transform(s, np.random.default_rng(_seed("aug", self.seed, self.epoch, k, v)))
-            views.append(s)
-        # x0' = R0 x0, x1' = R1 x1 and x0 = T x1  ⇒  x0' = R0 T R1ᵀ x1'
-        R0, R1 = (np.eye(4), np.eye(4))
-        R0[:3, :3] = views[0].get("rotation", np.eye(3))
-        R1[:3, :3] = views[1].get("rotation", np.eye(3))
-        T = R0 @ T @ np.linalg.inv(R1)
-        out = {"T": torch.from_numpy(T).float(), "correspondences": torch.from_numpy(d["correspondences"]),
-               "overlap": d["overlap"]}
-        for v, s in enumerate(views):
-            pts = torch.from_numpy(np.asarray(s["points"], np.float32))
-            out[f"points{v}"] = pts
-            out[f"coords{v}"] = torch.floor(pts / self.voxel_size).long()
-            out[f"feats{v}"] = (torch.ones(len(pts), 1) if self.features == "ones"
-                                else torch.from_numpy(np.asarray(s["colors"], np.float32)))
-        return out
-
-
 def collate_pairs(batch: list[dict]) -> dict:
     """Batch view pairs: per view ``coords (ΣN, 4)`` with the batch index first and ``feats``; correspondences
     shifted into the concatenated index space (ΣP, 2); ``T (B, 4, 4)``; ``offsets0/offsets1`` (B + 1,)."""
     out = {"T": torch.stack([b["T"] for b in batch])}
     for v in (0, 1):
-        out[f"coords{v}"] = torch.cat([torch.cat([torch.full((len(b[f"coords{v}"]), 1), i, dtype=torch.long),
-                                                  b[f"coords{v}"]], 1) for i, b in enumerate(batch)])
+        out[f"coords{v}"] = G.with_batch_index([b[f"coords{v}"] for b in batch])
         out[f"feats{v}"] = torch.cat([b[f"feats{v}"] for b in batch])
         out[f"points{v}"] = torch.cat([b[f"points{v}"] for b in batch])
         out[f"offsets{v}"] = torch.tensor([0] + [len(b[f"points{v}"]) for b in batch]).cumsum(0)
@@ -364,8 +534,12 @@ def collate_pairs(batch: list[dict]) -> dict:
 class RGBDFrameDataset(_Lazy):
     """Single RGB-D frames with their back-projected points and the pixel each point came from
     (image-to-point pre-training). Items: ``image (3, H, W) float`` in [0, 1], ``depth (H, W)``, ``K``,
-    ``points (M, 3)`` camera frame (one per ``voxel_size`` voxel), ``coords (M, 3)``, ``pixels (M, 2)`` (row,
-    column), ``semantic (M,)`` and ``semantic_image (H, W)``."""
+    ``points (M, 3)`` camera frame (one per ``voxel_size`` voxel), ``colors (M, 3)`` in [0, 1], ``coords (M, 3)``,
+    ``pixels (M, 2)`` (row, column), ``semantic (M,)`` and ``semantic_image (H, W)``.
+
+    ``transform`` moves the points *after* their pixels were recorded, so ``points`` no longer project onto
+    ``pixels`` with ``K``; image-to-point pre-training therefore builds its frames with ``transform=None`` and
+    augments on the 3D side after pairing (``ssl3d.methods.image_to_point``)."""
 
     def __init__(self, n_rooms: int = 4, frames_per_room: int = 8, voxel_size: float = 0.05, split: str = "train",
                  seed: int = 0, width: int = 160, height: int = 120, transform=None):
@@ -392,18 +566,21 @@ class RGBDFrameDataset(_Lazy):
         pts = torch.from_numpy(p["points"])
         return {"image": torch.from_numpy(f["color"]).permute(2, 0, 1).float() / 255,
                 "depth": torch.from_numpy(f["depth"]), "K": torch.from_numpy(f["K"]).float(),
-                "points": pts, "coords": torch.floor(pts / self.voxel_size).long(),
+                "points": pts, "colors": torch.from_numpy(np.asarray(p["colors"], np.float32)),
+                "coords": torch.floor(pts / self.voxel_size).long(),
                 "pixels": torch.from_numpy(p["pixels"]), "semantic": torch.from_numpy(p["semantic"]),
                 "semantic_image": torch.from_numpy(f["semantic"])}
 
 
 def collate_frames(batch: list[dict]) -> dict:
-    """Images stacked (B, 3, H, W); points concatenated with ``coords (ΣM, 4)`` (batch index first) and
-    ``pixels (ΣM, 3)`` = (batch index, row, column)."""
-    out = {k: torch.stack([b[k] for b in batch]) for k in ("image", "depth", "K", "semantic_image")}
-    bidx = [torch.full((len(b["points"]), 1), i, dtype=torch.long) for i, b in enumerate(batch)]
-    out["coords"] = torch.cat([torch.cat([bi, b["coords"]], 1) for bi, b in zip(bidx, batch)])
-    out["pixels"] = torch.cat([torch.cat([bi, b["pixels"]], 1) for bi, b in zip(bidx, batch)])
-    out["points"] = torch.cat([b["points"] for b in batch])
-    out["semantic"] = torch.cat([b["semantic"] for b in batch])
+    """Images stacked (B, 3, H, W) with ``K`` (B, 3, 3) (and ``depth``, ``semantic_image`` when every item has
+    them); points concatenated with ``coords (ΣM, 4)`` (batch index first), ``pixels (ΣM, 3)`` = (batch index, row,
+    column), and ``colors`` / ``semantic`` when present (real frames carry no labels)."""
+    out = {k: torch.stack([b[k] for b in batch]) for k in ("image", "K", "depth", "semantic_image")
+           if all(k in b for b in batch)}
+    out["coords"] = G.with_batch_index([b["coords"] for b in batch])
+    out["pixels"] = G.with_batch_index([b["pixels"] for b in batch])
+    for k in ("points", "colors", "semantic"):
+        if all(k in b for b in batch):
+            out[k] = torch.cat([b[k] for b in batch])
     return out

@@ -474,10 +474,8 @@ def sample_object(cls, n_points: int = 1024, seed: int = 0, normalize: bool = Tr
     if random_yaw:
         rot = G.rotation_matrix((0, 0, 1), float(rng.uniform(0, 2 * np.pi))).double().numpy()
         mesh = mesh.transformed(rotation=rot)
-    if normalize:
-        lo, hi = mesh.bounds()
-        centre = (lo + hi) / 2
-        scale = float(np.linalg.norm(mesh.vertices - centre, axis=1).max())
+    if normalize:  # the mesh, not the samples, goes into the unit sphere (bounding-box centre)
+        _, centre, scale = G.normalize_unit_sphere(mesh.vertices, center="bbox")
         mesh = mesh.transformed(translation=-centre / scale, scale=1 / scale)
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     pts, nrm, face = G.sample_surface(mesh.vertices, mesh.faces, n_points, generator=gen)

@@ -1,22 +1,21 @@
 """Point backbones: PointNet (Qi et al., CVPR 2017) and DGCNN (Wang et al., TOG 2019), segmentation style.
 
-Both networks take raw points and share one interface, so every notebook (GMM pre-training, linear probes,
-fine-tuning) can swap them::
+Both follow the backbone contract of :mod:`ssl3d.models.base` (``kind = "point"``)::
 
     out = net(points, feats=None)          # points (B, N, 3), feats (B, N, in_channels) or None
-    out["logits"]       (B, N, J)          per-point scores of the segmentation head (J = num_outputs)
-    out["point_feats"]  (B, N, C)          per-point embedding, C = feat_dim (1024 × width by default)
-    out["global_feats"] (B, 2C)            concat(max over points, mean over points) of point_feats
+    out = net.encode(batch)                # the same from a collated batch (batch["points"], batch["feats"])
+    out["feats"]        (B, N, feat_dim)   per-point features for a segmentation head:
+                                           [local feature ‖ max-pooled global embedding repeated per point]
+    out["global_feats"] (B, global_dim)    concat(max over points, mean over points) of the embedding
 
-``point_feats`` is the embedding right before global pooling — the 1024-d layer of both papers — and
-``global_feats`` is DGCNN's classification descriptor (max ‖ mean), the feature of the linear-SVM protocol.
-The segmentation head sits on top: [local features ‖ global max feature repeated per point] → MLP → J.
-It outputs pseudo-classes (J GMM components) in pre-training; :meth:`reset_head` swaps in a fresh head with
-the number of semantic/part classes for fine-tuning, keeping the encoder.
+The embedding is the 1024-d layer right before global pooling in both papers; ``global_feats`` is DGCNN's
+classification descriptor (max ‖ mean), the feature of the linear-SVM protocol. The papers' segmentation heads
+(PointNet: 512 → 256 → 128; DGCNN: 256 → 256 → 128 with dropout 0.5) are each network's ``head_spec``; heads are
+built by :mod:`ssl3d.models.heads` (a GMM pretext head of J components in pre-training, a part head in
+fine-tuning) and are not part of the backbone.
 
 Layers work on channel-last tensors (B, N, C) with ``nn.Linear`` (a 1 × 1 convolution) and BatchNorm over
-all points of the batch — the same statistics as the papers' Conv1d/Conv2d + BatchNorm. ``width`` scales every
-channel count (``width=0.125`` gives a CPU-sized network for smoke runs).
+all points of the batch. ``width`` scales every channel count (``width=0.125`` gives a CPU-sized network).
 
 Choices, stated:
 - PointNet without its T-Nets (input/feature alignment networks): they are optional in the paper, add ~3 M
@@ -28,14 +27,17 @@ Choices, stated:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
 from ssl3d.geometry import knn
 from ssl3d.models import register
+from ssl3d.models.base import Backbone, SharedMLP, model_device
 from ssl3d.utils import check_points
 
-__all__ = ["SharedMLP", "SegHead", "EdgeConv", "knn_graph", "PointNetSeg", "DGCNN"]
+__all__ = ["EdgeConv", "knn_graph", "PointNet", "DGCNN"]
 
 
 def _ch(c: int, width: float) -> int:
@@ -43,50 +45,10 @@ def _ch(c: int, width: float) -> int:
     return max(1, int(round(c * width)))
 
 
-class SharedMLP(nn.Module):
-    """The same Linear → BatchNorm → activation applied to every point (or edge): (..., C_in) → (..., C_out)."""
+class _PointBackbone(Backbone):
+    """Shared plumbing: input checks, the batch entry point, the max ‖ mean global feature."""
 
-    def __init__(self, c_in: int, c_out: int, act: str = "relu"):
-        super().__init__()
-        self.linear = nn.Linear(c_in, c_out, bias=False)  # bias is redundant before BatchNorm
-        self.bn = nn.BatchNorm1d(c_out)
-        self.act = nn.ReLU() if act == "relu" else nn.LeakyReLU(0.2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.linear(x)  # (..., C_out)
-        y = self.bn(y.reshape(-1, y.shape[-1])).reshape(y.shape)  # statistics over every point of the batch
-        return self.act(y)
-
-
-class SegHead(nn.Module):
-    """Per-point classifier: hidden SharedMLP layers (dropout after all but the last) → Linear → num_outputs."""
-
-    def __init__(self, c_in: int, hidden: list[int], num_outputs: int, dropout: float = 0.0, act: str = "relu"):
-        super().__init__()
-        if num_outputs < 1:
-            raise ValueError(f"num_outputs must be ≥ 1, got {num_outputs}")
-        layers: list[nn.Module] = []
-        c = c_in
-        for i, h in enumerate(hidden):
-            layers.append(SharedMLP(c, h, act))
-            if dropout > 0 and i < len(hidden) - 1:
-                layers.append(nn.Dropout(dropout))
-            c = h
-        self.hidden = nn.Sequential(*layers)
-        self.out = nn.Linear(c, num_outputs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.hidden(x))
-
-
-class _PointBackbone(nn.Module):
-    """Shared plumbing: input checks, the max ‖ mean global feature, re-initialising the head."""
-
-    in_channels: int
-    feat_dim: int
-    num_outputs: int
-    head: SegHead
-    _head_cfg: tuple  # (c_in, hidden widths, dropout, activation) of the segmentation head
+    kind = "point"
 
     def _inputs(self, points: torch.Tensor, feats: torch.Tensor | None) -> torch.Tensor:
         name = type(self).__name__
@@ -108,66 +70,54 @@ class _PointBackbone(nn.Module):
                              f"got {got}")
         return torch.cat([points, feats.to(points.dtype)], dim=-1)  # (B, N, 3 + in_channels)
 
+    def encode(self, batch: Mapping) -> dict[str, torch.Tensor]:
+        if "points" not in batch:
+            raise KeyError(f"{type(self).__name__} needs batch['points'] (B, N, 3) — collate object clouds with "
+                           f"ssl3d.data.datasets.collate_objects; got keys {sorted(batch)}")
+        dev = model_device(self)
+        points = batch["points"].to(dev)
+        feats = self._batch_feats(batch, points.shape[1])
+        return self(points, None if feats is None else feats.to(dev))
+
     @staticmethod
-    def global_pool(point_feats: torch.Tensor) -> torch.Tensor:
+    def global_pool(embedding: torch.Tensor) -> torch.Tensor:
         """(B, N, C) → (B, 2C): max over points ‖ mean over points."""
-        return torch.cat([point_feats.max(dim=1).values, point_feats.mean(dim=1)], dim=-1)
+        return torch.cat([embedding.max(dim=1).values, embedding.mean(dim=1)], dim=-1)
 
-    @property
-    def global_dim(self) -> int:
-        return 2 * self.feat_dim
-
-    def _new_head(self, num_outputs: int) -> SegHead:
-        c_in, hidden, dropout, act = self._head_cfg  # set by each model's __init__
-        return SegHead(c_in, hidden, num_outputs, dropout, act)
-
-    def reset_head(self, num_outputs: int, keep_hidden: bool = False) -> None:
-        """Replace the segmentation head by a freshly initialised one with ``num_outputs`` classes.
-
-        ``keep_hidden=True`` keeps the head's hidden layers and re-creates only the last Linear layer.
-        The encoder (everything that produces ``point_feats``) is untouched.
-        """
-        if num_outputs < 1:
-            raise ValueError(f"num_outputs must be ≥ 1, got {num_outputs}")
-        ref = next(self.parameters())
-        if keep_hidden:
-            new = nn.Linear(self.head.out.in_features, num_outputs).to(ref.device, ref.dtype)
-            self.head.out = new
-        else:
-            self.head = self._new_head(num_outputs).to(ref.device, ref.dtype)
-        self.num_outputs = num_outputs
+    @staticmethod
+    def seg_feats(local: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """[local (B, N, C_l) ‖ max-pooled embedding repeated per point] → (B, N, C_l + C)."""
+        glob = embedding.max(dim=1, keepdim=True).values  # (B, 1, C)
+        return torch.cat([local, glob.expand(-1, local.shape[1], -1)], dim=-1)
 
 
 @register("pointnet")
-class PointNetSeg(_PointBackbone):
+class PointNet(_PointBackbone):
     """PointNet segmentation network (without T-Nets).
 
-    encoder: shared MLPs (3 + in_channels) → 64 → 64 → 128 → 1024 (ReLU, BatchNorm) = point_feats;
-    head:    [64-d local feature ‖ max-pooled 1024-d global feature] → 512 → 256 → 128 → num_outputs.
+    encoder: shared MLPs (3 + in_channels) → 64 → 64 → 128 → 1024 (ReLU, BatchNorm) = the embedding;
+    feats:   [64-d local feature ‖ max-pooled 1024-d embedding] (1088-d); head_spec: 512 → 256 → 128.
     All widths × ``width``.
     """
 
-    def __init__(self, num_outputs: int = 16, in_channels: int = 0, width: float = 1.0, emb_dims: int = 1024,
-                 head_dims: tuple[int, ...] = (512, 256, 128), dropout: float = 0.0):
+    def __init__(self, in_channels: int = 0, width: float = 1.0, emb_dims: int = 1024,
+                 head_dims: tuple[int, ...] = (512, 256, 128)):
         super().__init__()
-        self.in_channels, self.num_outputs = in_channels, num_outputs
+        self.in_channels = in_channels
         c1, c2, c3 = _ch(64, width), _ch(64, width), _ch(128, width)
-        self.feat_dim = _ch(emb_dims, width)
+        self.emb_dim = _ch(emb_dims, width)
         self.mlp1 = SharedMLP(3 + in_channels, c1)
         self.mlp2 = SharedMLP(c1, c2)
         self.mlp3 = SharedMLP(c2, c3)
-        self.mlp4 = SharedMLP(c3, self.feat_dim)
-        self._head_cfg = (c2 + self.feat_dim, [_ch(h, width) for h in head_dims], dropout, "relu")
-        self.head = self._new_head(num_outputs)
+        self.mlp4 = SharedMLP(c3, self.emb_dim)
+        self.feat_dim, self.global_dim = c2 + self.emb_dim, 2 * self.emb_dim
+        self.head_spec = {"hidden": tuple(_ch(h, width) for h in head_dims), "dropout": 0.0, "act": "relu"}
 
     def forward(self, points: torch.Tensor, feats: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         x = self._inputs(points, feats)  # (B, N, 3 + in_channels)
         local = self.mlp2(self.mlp1(x))  # (B, N, 64)
-        point_feats = self.mlp4(self.mlp3(local))  # (B, N, C)
-        glob = point_feats.max(dim=1, keepdim=True).values  # (B, 1, C)
-        seg_in = torch.cat([local, glob.expand(-1, x.shape[1], -1)], dim=-1)  # (B, N, 64 + C)
-        return {"logits": self.head(seg_in), "point_feats": point_feats,
-                "global_feats": self.global_pool(point_feats)}
+        embedding = self.mlp4(self.mlp3(local))  # (B, N, 1024)
+        return {"feats": self.seg_feats(local, embedding), "global_feats": self.global_pool(embedding)}
 
 
 def knn_graph(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -202,28 +152,28 @@ class DGCNN(_PointBackbone):
 
     encoder: 4 EdgeConv layers 64 → 64 → 128 → 256, each on the kNN graph recomputed in the feature space of
              its own input (layer 1: xyz ‖ feats); their outputs are concatenated (512) and embedded by a
-             shared MLP to 1024 = point_feats (LeakyReLU 0.2 throughout);
-    head:    [512-d multi-scale local feature ‖ max-pooled global feature] → 256 → 256 → 128 → num_outputs,
-             dropout after the first two (as in DGCNN's part-segmentation network).
+             shared MLP to 1024 (LeakyReLU 0.2 throughout);
+    feats:   [512-d multi-scale local feature ‖ max-pooled embedding] (1536-d); head_spec: 256 → 256 → 128 with
+             dropout 0.5 after the first two (DGCNN's part-segmentation head).
     All widths × ``width``. ``forward(..., return_graphs=True)`` also returns the four (B, N, k) graphs.
     """
 
-    def __init__(self, num_outputs: int = 16, in_channels: int = 0, k: int = 20, width: float = 1.0,
-                 emb_dims: int = 1024, head_dims: tuple[int, ...] = (256, 256, 128), dropout: float = 0.5):
+    def __init__(self, in_channels: int = 0, k: int = 20, width: float = 1.0, emb_dims: int = 1024,
+                 head_dims: tuple[int, ...] = (256, 256, 128), dropout: float = 0.5):
         super().__init__()
         if k < 1:
             raise ValueError(f"DGCNN: k must be ≥ 1, got {k}")
-        self.in_channels, self.num_outputs, self.k = in_channels, num_outputs, k
+        self.in_channels, self.k = in_channels, k
         dims = [_ch(c, width) for c in (64, 64, 128, 256)]
         c_prev, convs = 3 + in_channels, []
         for d in dims:
             convs.append(EdgeConv(c_prev, d))
             c_prev = d
         self.edge_convs = nn.ModuleList(convs)
-        self.feat_dim = _ch(emb_dims, width)
-        self.embed = SharedMLP(sum(dims), self.feat_dim, act="leaky")
-        self._head_cfg = (sum(dims) + self.feat_dim, [_ch(h, width) for h in head_dims], dropout, "leaky")
-        self.head = self._new_head(num_outputs)
+        self.emb_dim = _ch(emb_dims, width)
+        self.embed = SharedMLP(sum(dims), self.emb_dim, act="leaky")
+        self.feat_dim, self.global_dim = sum(dims) + self.emb_dim, 2 * self.emb_dim
+        self.head_spec = {"hidden": tuple(_ch(h, width) for h in head_dims), "dropout": dropout, "act": "leaky"}
 
     def forward(self, points: torch.Tensor, feats: torch.Tensor | None = None,
                 return_graphs: bool = False) -> dict[str, torch.Tensor]:
@@ -238,11 +188,8 @@ class DGCNN(_PointBackbone):
             outs.append(x)
             graphs.append(idx)
         local = torch.cat(outs, dim=-1)  # (B, N, 512)
-        point_feats = self.embed(local)  # (B, N, C)
-        glob = point_feats.max(dim=1, keepdim=True).values  # (B, 1, C)
-        seg_in = torch.cat([local, glob.expand(-1, local.shape[1], -1)], dim=-1)  # (B, N, 512 + C)
-        out = {"logits": self.head(seg_in), "point_feats": point_feats,
-               "global_feats": self.global_pool(point_feats)}
+        embedding = self.embed(local)  # (B, N, 1024)
+        out = {"feats": self.seg_feats(local, embedding), "global_feats": self.global_pool(embedding)}
         if return_graphs:
             out["graphs"] = graphs
         return out

@@ -24,10 +24,14 @@ Parameter counts (``in_channels`` → ``out_channels``; tests/test_sparse_unet.p
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import torch
 from torch import nn
 
 from ssl3d import sparse as sp
 from ssl3d.models import register
+from ssl3d.models.base import Backbone, model_device
 
 __all__ = [
     "BasicBlock",
@@ -102,21 +106,26 @@ def _shortcut(cin: int, cout: int, bn_momentum: float) -> nn.Module | None:
     return nn.Sequential(sp.Conv3d(cin, cout, 1), sp.BatchNorm(cout, bn_momentum))
 
 
-class Res16UNetBase(nn.Module):
+class Res16UNetBase(Backbone):
     """Res16UNet: 4 stride-2 levels down, 4 transposed convs up, skip concatenations, per-voxel output.
 
     Class attributes define a variant: ``BLOCK`` (BasicBlock/Bottleneck), ``PLANES`` (8 widths: 4 encoder levels,
     4 decoder levels), ``LAYERS`` (blocks per level), ``INIT_DIM`` (stem width), ``DILATIONS``.
 
     Args:
-        in_channels: input feature width (PointContrast: 3 — its geometry-only input is a constant per voxel).
-        out_channels: per-voxel output width (PointContrast: 32).
+        in_channels: input features per voxel besides the coordinates (3 for RGB). 0 = geometry only: the stem then
+            sees one constant feature (1) per voxel, PointContrast's geometry-only input.
+        out_channels: per-voxel output width (PointContrast: 32) = ``feat_dim``; ``global_feats`` = max ‖ mean of
+            the output over each sample's voxels (``global_dim`` = 2 · out_channels).
         bn_momentum: momentum of every BatchNorm (PointContrast: 0.05).
         conv1_kernel_size: stem kernel (3).
         normalize_feature: L2-normalise the output features per voxel (PointContrast pre-training).
-    Forward: SparseTensor (M, in_channels) at stride 1 → SparseTensor (M, out_channels) on the same sites, same order.
+    Forward: SparseTensor (M, max(in_channels, 1)) at stride 1 → SparseTensor (M, out_channels) on the same sites,
+    same order. ``encode(batch)`` (the backbone contract) builds that tensor from ``batch["coords"]`` (ΣM, 4) and
+    ``batch["feats"]``.
     """
 
+    kind = "sparse"
     BLOCK: type[nn.Module] | None = None
     PLANES: tuple[int, ...] = (32, 64, 128, 256, 256, 256, 256, 256)
     LAYERS: tuple[int, ...] = (2, 2, 2, 2, 2, 2, 2, 2)
@@ -130,12 +139,16 @@ class Res16UNetBase(nn.Module):
             raise TypeError(f"{type(self).__name__} is abstract: use a variant such as Res16UNet34C")
         if len(self.PLANES) != 8 or len(self.LAYERS) != 8:
             raise ValueError(f"{type(self).__name__}: PLANES and LAYERS need 8 entries each")
+        if in_channels < 0 or out_channels < 1:
+            raise ValueError(f"{type(self).__name__}: need in_channels ≥ 0 and out_channels ≥ 1, got {in_channels} "
+                             f"and {out_channels}")
         self.in_channels, self.out_channels = in_channels, out_channels
+        self.feat_dim, self.global_dim = out_channels, 2 * out_channels
         self.normalize_feature = normalize_feature
         block, exp, m = self.BLOCK, self.BLOCK.expansion, bn_momentum
         self.inplanes = self.INIT_DIM
 
-        self.conv0p1s1 = sp.Conv3d(in_channels, self.inplanes, conv1_kernel_size)
+        self.conv0p1s1 = sp.Conv3d(max(in_channels, 1), self.inplanes, conv1_kernel_size)
         self.bn0 = sp.BatchNorm(self.inplanes, m)
         # encoder: stride-2 kernel-2 conv (width kept) + BN + ReLU, then the level's blocks
         for lvl, name in enumerate(("conv1p1s2", "conv2p2s2", "conv3p4s2", "conv4p8s2")):
@@ -188,6 +201,21 @@ class Res16UNetBase(nn.Module):
         if self.normalize_feature:
             out = out.replace(out.feats / out.feats.norm(dim=1, keepdim=True).clamp_min(1e-12))
         return out
+
+    def encode(self, batch: Mapping) -> dict:
+        """The backbone contract: ``batch["coords"]`` (ΣM, 4) (+ ``batch["feats"]``) → ``feats`` (ΣM, out_channels) in
+        the batch's row order, ``global_feats`` (B, 2 · out_channels), and the output ``sparse`` tensor itself."""
+        if "coords" not in batch:
+            raise KeyError(f"{type(self).__name__} needs batch['coords'] (ΣM, 4) = (batch, x, y, z): voxelize with "
+                           f"ssl3d.data.datasets.collate_voxels / collate_scenes; got keys {sorted(batch)}")
+        dev = model_device(self)
+        coords = batch["coords"]
+        feats = self._batch_feats(batch, len(coords))
+        if feats is None:
+            feats = torch.ones(len(coords), 1)  # geometry only: a constant per voxel
+        out = self(sp.SparseTensor(coords.to(dev), feats.to(dev, next(self.parameters()).dtype)))
+        glob = torch.cat([sp.global_max_pool(out), sp.global_avg_pool(out)], dim=1)  # (B, 2 · out_channels)
+        return {"feats": out.feats, "global_feats": glob, "sparse": out}
 
 
 @register("res16unet14")

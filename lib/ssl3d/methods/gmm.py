@@ -1,0 +1,93 @@
+"""GMM parametric bottleneck pre-training (Eckart et al., CVPR 2021) as a method.
+
+    logits = head(backbone.encode(batch)["feats"])       (B, N, J) point backbones / (ΣM, J) sparse backbones
+    loss   = gmm.gmm_nll(points, logits)                 the mixture's negative log-likelihood of its own points
+
+The maths (soft partition → mixture in closed form → NLL) is :mod:`ssl3d.gmm`. This file only connects a backbone,
+a J-way per-site head and that loss. On a sparse backbone the mixture's "points" are the voxel centres; shapes have
+different numbers of voxels, so the batch is padded to (B, M_max, ·) with a validity mask and the whole batch goes
+through ``gmm_nll`` at once (no Python loop over shapes).
+
+Metrics logged with the loss: ``effective_components`` = exp(H(π)), the perplexity of the mixing weights (how many
+components a shape really uses; J when all are equal), averaged over the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from ssl3d import gmm
+from ssl3d.data.datasets import collate_for
+from ssl3d.geometry import pad_batch
+from ssl3d.methods import register_method
+from ssl3d.methods.base import Method
+from ssl3d.models.heads import SegHead
+
+__all__ = ["GMMPretraining", "effective_components"]
+
+
+def effective_components(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """exp(H(π_b)) per shape, π_b = mean over its (valid) points of softmax(logits): (B, N, J) → (B,)."""
+    gamma = logits.softmax(-1)  # (B, N, J)
+    if mask is not None:
+        gamma = gamma * mask.unsqueeze(-1)
+        pi = gamma.sum(1) / mask.sum(1, keepdim=True).clamp_min(1)  # (B, J)
+    else:
+        pi = gamma.mean(1)  # (B, J)
+    return torch.exp(-(pi * pi.clamp_min(1e-12).log()).sum(-1))
+
+
+@register_method("gmm")
+class GMMPretraining(Method):
+    """Backbone + J-way per-site head trained with the GMM negative log-likelihood.
+
+    Args:
+        backbone: any ssl3d backbone (point or sparse).
+        J: mixture components (the pretext segmentation's classes).
+        cov, eps, deepgmr_iso: passed to :func:`ssl3d.gmm.gmm_params` ("full" | "diag" | "iso"; ε on the variances).
+        voxel_size: voxel side for sparse backbones (units of the unit-sphere clouds).
+        head: overrides of the backbone family's default head (``hidden``, ``dropout``, ``act``).
+    """
+
+    def __init__(self, backbone, J: int = 16, cov: str = "full", eps: float = 1e-5, deepgmr_iso: bool = False,
+                 voxel_size: float = 0.05, head: dict | None = None):
+        super().__init__(backbone)
+        if J < 1:
+            raise ValueError(f"J must be ≥ 1 mixture components, got {J}")
+        if cov not in gmm.COV_TYPES:
+            raise ValueError(f"cov must be one of {gmm.COV_TYPES}, got {cov!r}")
+        self.J, self.cov, self.eps, self.deepgmr_iso, self.voxel_size = J, cov, eps, deepgmr_iso, voxel_size
+        self.head = SegHead.for_backbone(backbone, J, **(head or {}))
+
+    def collate(self, items: list[dict]) -> dict:
+        return collate_for(self.backbone, self.voxel_size)(items)
+
+    def logits_and_points(self, batch: Mapping):
+        """(logits (B, N, J), points (B, N, 3), mask (B, N) or None) — the mixture's inputs for this batch."""
+        logits = self.head(self.backbone.encode(batch)["feats"])
+        dev = logits.device
+        if self.backbone.kind == "point":
+            return logits, batch["points"].to(dev), None
+        b = batch["coords"][:, 0].to(dev)  # (ΣM,) shape of each voxel
+        pts, mask = pad_batch(batch["centers"].to(dev, logits.dtype), b)  # (B, M_max, 3), (B, M_max)
+        return pad_batch(logits, b)[0], pts, mask
+
+    def forward(self, batch: Mapping) -> dict[str, torch.Tensor]:
+        logits, pts, mask = self.logits_and_points(batch)
+        masked = {} if mask is None else {"mask": mask}
+        loss = gmm.gmm_nll(pts, logits, cov=self.cov, eps=self.eps, deepgmr_iso=self.deepgmr_iso, **masked)
+        with torch.no_grad():
+            eff = effective_components(logits, mask).mean()
+        return {"loss": loss, "effective_components": eff}
+
+    @torch.no_grad()
+    def partition(self, batch: Mapping) -> torch.Tensor:
+        """Hard partition (argmax component) of every site: (B, N) for point backbones, (ΣM,) for sparse ones."""
+        was = self.training
+        self.eval()
+        try:
+            return self.head(self.backbone.encode(batch)["feats"]).argmax(-1)
+        finally:
+            self.train(was)

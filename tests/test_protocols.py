@@ -1,0 +1,89 @@
+"""Evaluation protocols (ssl3d.protocols): tidy records, the C-tuned probe, fine-tuning regimes, seed statistics."""
+
+import numpy as np
+import pytest
+import torch
+
+from ssl3d import protocols as PR
+from ssl3d.data import datasets as D
+from ssl3d.evaluate import extract_global_features, linear_svm_probe, select_svm_C
+from ssl3d.models import build_model
+
+KEYS = {"method", "backbone", "task", "protocol", "regime", "budget", "seed", "metric", "value"}
+TINY = PR.TrainSettings(steps=2, batch_size=4, lr=1e-3)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread(one_thread):
+    """One thread: small matmuls (conftest.one_thread)."""
+
+
+@pytest.fixture(scope="module")
+def objects():
+    classes = ["chair", "mug", "lamp"]
+    return D.ObjectDataset(6, 64, "train", classes=classes), D.ObjectDataset(3, 64, "test", classes=classes)
+
+
+def net():
+    torch.manual_seed(0)
+    return build_model("pointnet", width=0.125)
+
+
+def test_linear_probe_records_match_a_manual_probe(objects):
+    train, test = objects
+    backbone = net()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    recs = PR.linear_probe(backbone, train, test, method="random", seed=1, budget=2, Cs=(0.01, 1.0))
+    assert [r["metric"] for r in recs] == ["accuracy", "class_accuracy"] and KEYS <= set(recs[0])
+    r = recs[0]
+    assert r["backbone"] == "pointnet" and r["n_labeled"] == 6 and r["label_fraction"] == pytest.approx(6 / 18)
+    idx = D.per_class_subset(train.labels, 2, seed=1)
+    xtr, _ = extract_global_features(backbone, torch.utils.data.Subset(train, idx))
+    xte, _ = extract_global_features(backbone, test)
+    C, _ = select_svm_C(xtr, train.labels[idx], (0.01, 1.0), 0.2, seed=1)
+    ref = linear_svm_probe(xtr, train.labels[idx], xte, test.labels, C=C, seed=1)
+    assert r["C"] == C and r["value"] == pytest.approx(100 * ref.accuracy)
+    assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in before.items())  # the backbone is untouched
+
+
+def test_finetune_classification_and_partseg_produce_records(objects):
+    train, test = objects
+    backbone = net()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    cls = PR.finetune_classification(backbone, train, test, budget=1, seed=0, method="m", settings=TINY)
+    assert cls[0]["metric"] == "accuracy" and 0 <= cls[0]["value"] <= 100 and cls[0]["n_labeled"] == 3
+    seg = PR.finetune_partseg(backbone, train, test, budget=0.5, seed=0, settings=TINY)
+    assert [r["metric"] for r in seg] == ["instance_miou", "class_miou"]
+    assert all(0 <= r["value"] <= 100 for r in seg) and seg[0]["regime"] == "fraction"
+    assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in before.items())
+
+
+def test_finetune_semseg_regimes():
+    train = D.SceneDataset(3, points_per_room=4000, voxel_size=0.25, features="ones")
+    test = D.SceneDataset(1, points_per_room=4000, voxel_size=0.25, split="test", features="ones")
+    torch.manual_seed(0)
+    backbone = build_model("res16unet14tiny", in_channels=0, out_channels=8)
+    st = PR.TrainSettings(steps=2, batch_size=2, optimizer="sgd", lr=0.01, scheduler="poly")
+    for regime, budget, extra in (("reconstructions", 0.34, {"n_scenes": 1}), ("annotations", 20,
+                                                                                 {"points_per_scene": 20})):
+        recs = PR.finetune_semseg(backbone, train, test, regime=regime, budget=budget, settings=st, method="x")
+        assert recs[0]["metric"] == "miou" and 0 <= recs[0]["value"] <= 100
+        assert all(recs[0][k] == v for k, v in extra.items())
+    with pytest.raises(ValueError, match="labelled points per scene"):
+        PR.finetune_semseg(backbone, train, test, regime="annotations", budget=0.5, settings=st)
+    with pytest.raises(ValueError, match="regime"):
+        PR.finetune_semseg(backbone, train, test, regime="weak", settings=st)
+
+
+def test_summarize_and_compare_by_hand():
+    recs = [{"method": m, "task": "t", "metric": "accuracy", "value": v, "seed": s}
+            for m, vals in (("a", [90.0, 92.0, 94.0]), ("b", [80.0, 81.0, 82.0])) for s, v in enumerate(vals)]
+    rows = PR.summarize(recs, by=("method", "metric"))
+    assert [(r["method"], r["mean"], r["n"]) for r in rows] == [("a", 92.0, 3), ("b", 81.0, 3)]
+    assert rows[0]["std"] == pytest.approx(2.0) and rows[0]["text"] == "92.00 ± 2.00"
+    c = PR.compare([90.0, 92.0, 94.0], [80.0, 81.0, 82.0])
+    assert c["gain"] == pytest.approx(11.0) and c["spread"] == pytest.approx(2.0) and c["passed"]
+    assert not PR.compare([90.0, 92.0, 94.0], [88.0, 89.0, 90.0])["passed"]  # +3 < 2 · 2
+    with pytest.raises(ValueError, match="two seeds"):
+        PR.compare([1.0], [2.0, 3.0])
+    assert np.isnan(PR.summarize([recs[0]], by=("method",))[0]["std"])
