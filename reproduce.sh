@@ -15,6 +15,9 @@ source lib/env/bootstrap.sh || { echo "reproduce.sh: environment bootstrap faile
 
 if [ "${1:-}" = "--test" ]; then
   shift
+  # the browser test of the static site (tests/test_site.py) needs a headless Chromium: found, or apt-installed as
+  # root; otherwise that test skips (and fails when CI is set)
+  bash lib/env/install_browser.sh || echo "reproduce.sh: no Chromium — the site's browser test will skip" >&2
   if [ $# -gt 0 ]; then  # e.g. ./reproduce.sh --test tests/test_gmm.py -k mask
     exec python -m pytest --nbval-lax --nbval-current-env "$@"
   fi

@@ -205,7 +205,7 @@ def test_select_svm_C_uses_only_the_training_split():
     y = np.repeat(np.arange(4), 30)
     x = rng.normal(size=(120, 40)) + 0.6 * np.eye(4)[y] @ rng.normal(size=(4, 40))
     Cs = (1e-4, 1e-2, 1.0, 100.0)
-    best, scores = select_svm_C(x, y, Cs, val_fraction=0.25, seed=3)
+    best, scores = select_svm_C(x, y, Cs, val_fraction=0.25, seed=3, folds=1)
     fit, val = train_test_split(np.arange(120), test_size=0.25, random_state=3, stratify=y)
     assert np.bincount(y[val]).tolist() == [8, 7, 7, 8] or len(set(np.bincount(y[val]))) <= 2  # stratified
     ref = {}
@@ -215,9 +215,36 @@ def test_select_svm_C_uses_only_the_training_split():
         ref[C] = float(np.mean(svm.predict(sc.transform(x[val])) == y[val]))
     assert scores == pytest.approx(ref)
     assert best == min(C for C in Cs if ref[C] == max(ref.values()))
-    assert select_svm_C(x, y, Cs, 0.25, seed=3)[0] == best  # deterministic per seed
+    assert select_svm_C(x, y, Cs, 0.25, seed=3, folds=1)[0] == best  # deterministic per seed
     with pytest.raises(ValueError, match="val_fraction"):
         select_svm_C(x, y, Cs, 1.5)
+
+
+def test_select_svm_C_by_cross_validation_is_the_mean_over_stratified_folds():
+    """folds=k: each C scores the mean validation accuracy over k stratified folds of the training split — checked
+    against an explicit scikit-learn loop; a class with fewer shapes than folds is refused with the fix named."""
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(3), 20)
+    x = rng.normal(size=(60, 30)) + 0.5 * np.eye(3)[y] @ rng.normal(size=(3, 30))
+    Cs = (1e-3, 0.1, 10.0)
+    best, scores = select_svm_C(x, y, Cs, seed=2, folds=4)
+    ref = {}
+    for C in Cs:
+        accs = []
+        for fit, val in StratifiedKFold(4, shuffle=True, random_state=2).split(x, y):
+            assert len(set(np.bincount(y[val]))) == 1  # stratified: 5 of each class
+            sc = StandardScaler().fit(x[fit])
+            svm = LinearSVC(C=C, random_state=2, max_iter=10_000).fit(sc.transform(x[fit]), y[fit])
+            accs.append(np.mean(svm.predict(sc.transform(x[val])) == y[val]))
+        ref[C] = float(np.mean(accs))
+    assert scores == pytest.approx(ref, abs=1e-9)
+    assert best == min(C for C in Cs if ref[C] == max(ref.values()))
+    with pytest.raises(ValueError, match="folds=1"):
+        select_svm_C(x[:9], np.array([0] * 6 + [1] * 3), Cs, folds=5)
 
 
 def test_mean_std():
@@ -231,3 +258,26 @@ def test_mean_std():
         mean_std([1.0, float("nan")])
     with pytest.raises(ValueError, match="no values"):
         mean_std([])
+
+
+def test_svm_in_the_span_of_the_training_rows_equals_the_plain_linear_svc():
+    """Fewer shapes than features: the probe solves the SVM in the span of the training rows (intercept feature
+    included). Same predictions and the same weights (mapped back) as scikit-learn's LinearSVC on the raw features."""
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    from ssl3d.evaluate import _span_coordinates
+
+    rng = np.random.default_rng(4)
+    y = np.repeat(np.arange(3), 15)
+    x = rng.normal(size=(45, 200)) + np.eye(3)[y] @ rng.normal(size=(3, 200))
+    xt = rng.normal(size=(30, 200)) + np.eye(3)[np.repeat(np.arange(3), 10)] @ rng.normal(size=(3, 200))
+    sc = StandardScaler().fit(x)
+    ztr, zte = _span_coordinates(sc.transform(x), sc.transform(xt))
+    assert ztr.shape == (45, 45) and zte.shape == (30, 45)
+    for C in (0.01, 1.0):
+        ref = LinearSVC(C=C, max_iter=100_000, tol=1e-8, random_state=0).fit(sc.transform(x), y)
+        ours = LinearSVC(C=C, fit_intercept=False, max_iter=100_000, tol=1e-8, random_state=0).fit(ztr, y)
+        np.testing.assert_allclose(ours.decision_function(zte), ref.decision_function(sc.transform(xt)), atol=2e-3)
+        res = linear_svm_probe(x, y, xt, np.repeat(np.arange(3), 10), C=C)
+        assert (res.predictions == ref.predict(sc.transform(xt))).all()

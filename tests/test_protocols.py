@@ -40,7 +40,7 @@ def test_linear_probe_records_match_a_manual_probe(objects):
     idx = D.per_class_subset(train.labels, 2, seed=1)
     xtr, _ = extract_global_features(backbone, torch.utils.data.Subset(train, idx))
     xte, _ = extract_global_features(backbone, test)
-    C, _ = select_svm_C(xtr, train.labels[idx], (0.01, 1.0), 0.2, seed=1)
+    C, _ = select_svm_C(xtr, train.labels[idx], (0.01, 1.0), 0.2, seed=1, folds=2)  # 2 shapes per class → 2 folds
     ref = linear_svm_probe(xtr, train.labels[idx], xte, test.labels, C=C, seed=1)
     assert r["C"] == C and r["value"] == pytest.approx(100 * ref.accuracy)
     assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in before.items())  # the backbone is untouched
@@ -87,3 +87,28 @@ def test_summarize_and_compare_by_hand():
     with pytest.raises(ValueError, match="two seeds"):
         PR.compare([1.0], [2.0, 3.0])
     assert np.isnan(PR.summarize([recs[0]], by=("method",))[0]["std"])
+
+
+def test_trivial_partseg_baselines_match_a_hand_computed_case():
+    """Two categories; the majority predictor scores exactly the per-shape IoU computed by hand, and the uniform
+    predictor only ever predicts parts of the shape's category."""
+    class Parts:
+        part_ranges, num_parts, num_classes = [[0, 1], [2, 3, 4]], 5, 2
+
+        def __init__(self, items):
+            self.items, self.labels = items, np.array([it["label"] for it in items])
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            return self.items[i]
+
+    train = Parts([{"label": 0, "part": np.array([0, 0, 0, 1])}, {"label": 1, "part": np.array([2, 4, 4, 4])}])
+    test = Parts([{"label": 0, "part": np.array([0, 1, 1, 1])}, {"label": 1, "part": np.array([2, 3, 4, 4])}])
+    recs = PR.trivial_partseg_baselines(train, test, budget=1.0, seed=0)
+    maj = next(r["value"] for r in recs if r["method"] == "majority part" and r["metric"] == "instance_miou")
+    # shape 0 predicts part 0: IoU(0) = 1/4, IoU(1) = 0 → 1/8; shape 1 predicts part 4: IoU 2/4, parts 2, 3: 0 → 1/6
+    assert maj == pytest.approx(100 * (1 / 8 + 1 / 6) / 2)
+    uni = next(r["value"] for r in recs if r["method"] == "uniform random" and r["metric"] == "instance_miou")
+    assert 0 <= uni <= 100 and {r["metric"] for r in recs} == {"instance_miou", "class_miou"}

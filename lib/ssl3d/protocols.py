@@ -12,7 +12,7 @@ so that a notebook can run several methods × budgets × seeds, concatenate the 
 =========================  ==================================================================================
 protocol                   what it measures
 =========================  ==================================================================================
-linear_probe               linear SVM on frozen global features; C chosen on a validation split drawn from the
+linear_probe               linear SVM on frozen global features; C chosen by 5-fold cross-validation within the
                            training split (``evaluate.select_svm_C``), then refitted on all training features
 finetune_classification    the whole network + a linear classifier fine-tuned on a labelled subset
 finetune_partseg           part segmentation fine-tuned on labelled shapes; instance and class mIoU with the
@@ -119,7 +119,8 @@ def _fresh_copy(backbone, seed: int):
 # Objects
 # ----------------------------------------------------------------------------------------------------------
 def linear_probe(backbone, train_set, test_set, *, method: str = "", task: str = "objects", seed: int = 0,
-                 Cs=(1e-3, 1e-2, 1e-1, 1.0), val_fraction: float = 0.2, budget=1.0, batch_size: int = 64,
+                 Cs=(1e-3, 1e-2, 1e-1, 1.0), folds: int = 5, val_fraction: float = 0.2, budget=1.0,
+                 batch_size: int = 64,
                  voxel_size: float = 0.05) -> list[dict]:
     """Linear SVM on frozen global features (ModelNet40 protocol), C chosen on a validation split of the training
     features. Records: ``accuracy`` and ``class_accuracy`` (mean per-class accuracy), each with the chosen ``C``."""
@@ -127,7 +128,10 @@ def linear_probe(backbone, train_set, test_set, *, method: str = "", task: str =
     xtr, _ = extract_global_features(backbone, Subset(train_set, idx), batch_size, voxel_size=voxel_size)
     xte, _ = extract_global_features(backbone, test_set, batch_size, voxel_size=voxel_size)
     ytr, yte = np.asarray(train_set.labels)[idx], np.asarray(test_set.labels)
-    C, val_scores = select_svm_C(xtr, ytr, Cs, val_fraction, seed)
+    # k-fold CV of C; with fewer labelled shapes per class than folds, as many folds as the rarest class allows
+    # (one held-out split of val_fraction below 2)
+    k = min(folds, int(np.unique(ytr, return_counts=True)[1].min()))
+    C, val_scores = select_svm_C(xtr, ytr, Cs, val_fraction, seed, folds=k if k >= 2 else 1)
     res = linear_svm_probe(xtr, ytr, xte, yte, C=C, seed=seed)
     extra = {**_budget_fields(budget, idx, len(train_set)), "C": C}
     return [_record(backbone, method, task, "linear_svm", seed, "accuracy", 100 * res.accuracy, **extra),
@@ -202,6 +206,35 @@ def finetune_partseg(backbone, train_set, test_set, *, budget=1.0, seed: int = 0
     return [_record(backbone, method, task, "finetune_partseg", seed, "instance_miou", 100 * res.instance_miou,
                     **extra),
             _record(backbone, method, task, "finetune_partseg", seed, "class_miou", 100 * res.class_miou, **extra)]
+
+
+def trivial_partseg_baselines(train_set, test_set, *, budget=1.0, seed: int = 0, task: str = "parts") -> list[dict]:
+    """What part mIoU costs nothing: two predictors that never look at a point's position.
+
+    ``majority part`` predicts, for every point of a shape, the part most frequent in the labelled training shapes
+    of its (known) category; ``uniform random`` draws each point's part uniformly from its category's parts
+    (seeded). Same metric and labelled subset as :func:`finetune_partseg`, so the rows sit beside its records."""
+    part_ranges = train_set.part_ranges
+    idx = _labelled_subset(train_set, budget, seed)
+    counts = np.zeros((train_set.num_classes, train_set.num_parts), dtype=np.int64)
+    for i in idx:
+        item = train_set[int(i)]
+        counts[int(item["label"])] += np.bincount(np.asarray(item["part"]).reshape(-1), minlength=counts.shape[1])
+    rng = np.random.default_rng(seed)
+    items = [test_set[i] for i in range(len(test_set))]
+    cats = np.array([int(it["label"]) for it in items])
+    targets = [np.asarray(it["part"]).reshape(-1) for it in items]
+    preds = {"majority part": [np.full_like(t, counts[c].argmax()) for t, c in zip(targets, cats, strict=True)],
+             "uniform random": [rng.choice(np.asarray(part_ranges[c]), size=t.shape) for t, c in
+                                zip(targets, cats, strict=True)]}
+    extra = _budget_fields(budget, idx, len(train_set))
+    out = []
+    for name, pred in preds.items():
+        res = part_miou(pred, targets, part_ranges, cats)
+        out += [{"method": name, "backbone": "none", "task": task, "protocol": "finetune_partseg", **extra,
+                 "seed": seed, "metric": m, "value": 100 * v}
+                for m, v in (("instance_miou", res.instance_miou), ("class_miou", res.class_miou))]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------
