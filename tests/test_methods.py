@@ -106,3 +106,34 @@ def test_pointcontrast_method_is_the_contrastive_loss_of_the_normalised_voxel_fe
         assert 0 < float(out["feature_std"]) <= 1 and 1 <= float(out["effective_rank"]) <= 16
     with pytest.raises(TypeError, match="sparse backbone"):
         build_method("pointcontrast", build_model("pointnet", width=0.125))
+
+
+def test_partition_stats_against_a_partition_that_is_the_ground_truth(shapes):
+    """Logits that are the ground-truth parts (one-hot × 30): NMI 1, components per shape = parts per shape, used =
+    distinct parts; the NLL is gmm_nll of those logits over all shapes; EM's NLL matches fit_gmm_em by hand."""
+    from ssl3d.methods.gmm import partition_stats
+
+    torch.manual_seed(0)
+    J = 16
+    m = build_method("gmm", build_model("pointnet", width=0.125), J=J, cov="full", eps=1e-4)
+    parts = [torch.as_tensor(shapes[i]["part"]) for i in range(len(shapes))]
+
+    def fake(batch):
+        return 30.0 * torch.nn.functional.one_hot(batch["part"], J).float(), batch["points"], None
+
+    m.logits_and_points = fake
+    st = partition_stats(m, shapes, batch_size=3, em_shapes=2, em_iters=5)
+    assert st["nmi"] == pytest.approx(1.0)
+    n_parts = [len(torch.unique(p)) for p in parts]
+    assert st["per_shape"] == pytest.approx(sum(n_parts) / len(n_parts))
+    assert st["used"] == len(torch.unique(torch.cat(parts)))
+    pts = torch.stack([torch.as_tensor(shapes[i]["points"], dtype=torch.float64) for i in range(len(shapes))])
+    ref = gmm.gmm_nll(pts, 30.0 * torch.nn.functional.one_hot(torch.stack(parts), J).double(), cov="full", eps=1e-4)
+    assert st["nll"] == pytest.approx(float(ref), rel=1e-6)
+    g = torch.Generator().manual_seed(0)
+    em = [-float(gmm.fit_gmm_em(pts[i], J, iters=5, cov="full", eps=1e-4, generator=g).log_likelihood[-1])
+          for i in range(2)]
+    assert st["em_nll"] == pytest.approx(sum(em) / 2)
+    assert 1 <= st["eff"] <= J
+    allp = torch.cat(parts)
+    torch.testing.assert_close(st["share"], torch.bincount(allp, minlength=J).float() / len(allp))

@@ -64,3 +64,20 @@ def test_02_solutions():
     assert s.exercise_2() < 1e-4, "dilated sparse conv = dense conv3d with dilation 2"
     e3 = s.exercise_3(pts)
     assert all(r["voxels_in_field"] > 0 and r["max_reach_m"] > 1.0 for r in e3.values())
+
+
+def test_03_solutions():
+    s = load("03_gmm_bottleneck")
+    e1 = s.exercise_1(Js=(4, 64))
+    assert e1[64]["eff"] > e1[4]["eff"] and e1[64]["fraction_used"] < e1[4]["fraction_used"]
+    assert e1[64]["used"] < 64, "more components than the shapes need stay unused"
+    e2 = s.exercise_2()
+    a, r = e2["aligned"], e2["rotated"]
+    assert min(a["full"], a["diag"]) > a["iso"] + 0.5, "boxes aligned with the axes: diag is as good as full"
+    assert abs(r["full"] - a["full"]) < 1e-6, "full covariances do not care about the orientation"
+    assert r["diag"] < r["full"] - 0.5, "rotated, diag falls far behind full"
+    e3 = s.exercise_3()
+    eps = sorted(e3)
+    assert all(e3[e]["smallest_std"] >= e ** 0.5 * (1 - 1e-6) for e in eps), "ε is a floor on every variance"
+    assert e3[eps[0]]["log_likelihood"] > e3[eps[-1]]["log_likelihood"] + 0.5
+

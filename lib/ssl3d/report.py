@@ -131,15 +131,16 @@ def markdown_table(records: list[dict], profile: str, source: str = "", metric_n
     return "\n".join(out).rstrip() + "\n"
 
 
-def update_readme(readme: str | Path, table: str) -> Path:
-    """Replace the text between the transfer-table markers of ``readme`` by ``table`` (atomically)."""
+def update_readme(readme: str | Path, table: str, begin: str = BEGIN, end: str = END) -> Path:
+    """Replace the text between the markers ``begin`` … ``end`` of ``readme`` (default: the transfer table's) by
+    ``table`` (atomically)."""
     readme = Path(readme)
     text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{readme} has no '{BEGIN}' … '{END}' block to update")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return _atomic_write(readme, f"{head}{BEGIN}\n{table}{END}{tail}")
+    if begin not in text or end not in text:
+        raise ValueError(f"{readme} has no '{begin}' … '{end}' block to update")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return _atomic_write(readme, f"{head}{begin}\n{table}{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:
