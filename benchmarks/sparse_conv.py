@@ -51,6 +51,7 @@ import json
 import math
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -358,11 +359,10 @@ def write_results(section: str, body: str) -> None:
             "Written by `benchmarks/sparse_conv.py` (one section per mode and thread count, replaced by the latest "
             "run of that kind); README's performance table is copied from here.\n")
     sections = {}
-    if RESULTS.exists():
-        text = RESULTS.read_text()
-        for part in text.split("<!-- run: ")[1:]:
-            key, rest = part.split(" -->\n", 1)
-            sections[key] = rest.split("<!-- end -->")[0]
+    if RESULTS.exists():  # <!-- run: KEY -->…<!-- end -->, whatever the whitespace around the markers
+        for m in re.finditer(r"<!-- run: (.*?) -->(.*?)<!-- end -->", RESULTS.read_text(), re.S):
+            if "<!--" not in m.group(1):
+                sections[m.group(1).strip()] = m.group(2)
     sections[section] = f"\n## {section}\n\n{body}\n\n"
     out = head + "".join(f"\n<!-- run: {k} -->{v}<!-- end -->\n" for k, v in sorted(sections.items()))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ def chunks(path: Path):
     """(title, lines): one per saved text output; one per '## ' section of a markdown results file."""
     lines = path.read_text().splitlines()
     name = str(path.relative_to(ROOT))
-    if path.suffix != ".md":
+    if path.suffix != ".md" or not any(HEADING.match(ln) for ln in lines):
         yield name, lines
         return
     cur, title = [], None
@@ -43,7 +43,7 @@ def chunks(path: Path):
 
 def section(title: str, lines: list[str]) -> list[str]:
     out = [f"**`{title}`**", ""]
-    out += [h.strip() for h in lines if h.startswith(("torch ", "Machine:"))][:2]
+    out += [h.strip() for h in lines if h.startswith(("torch ", "Machine:", "Two notebooks"))][:2]
     out.append("")
     rows = [ln.rstrip() for ln in lines if VERDICT.search(ln)]
     if not rows:
@@ -57,8 +57,13 @@ def section(title: str, lines: list[str]) -> list[str]:
                 seen.add(hdr)
                 table += ([""] if table else []) + lines[hdr:hdr + 2]
             table.append(r)
+            small = [ln for ln in lines[hdr + 2:] if ln.startswith("|")]
+            if len(small) <= 4 and all(ln in lines[hdr + 2:hdr + 2 + len(small)] for ln in small):
+                table[-1:] = small  # a short table (e.g. contention's): all its rows, they are the measurement
         return out + table + [""]
-    return out + ["```"] + rows + ["```", ""]
+    first = next((k for k, ln in enumerate(lines) if "target" in ln), lines.index(rows[0]))
+    last = max(k for k, ln in enumerate(lines) if VERDICT.search(ln))
+    return out + ["```"] + [ln.rstrip() for ln in lines[first:last + 1]] + ["```", ""]  # with the column headers
 
 
 def main() -> None:

@@ -45,3 +45,11 @@ def test_update_readme_replaces_only_the_block(tmp_path):
     (tmp_path / "bad.md").write_text("no markers")
     with pytest.raises(ValueError, match="no"):
         report.update_readme(tmp_path / "bad.md", "x")
+
+
+def test_update_readme_with_other_markers_leaves_the_transfer_table(tmp_path):
+    """benchmarks/summarize.py writes README's performance block through the same function, with its own markers."""
+    readme = tmp_path / "README.md"
+    readme.write_text(f"a\n{report.BEGIN}\nT\n{report.END}\nb\n<!-- p:begin -->\nold\n<!-- p:end -->\nc\n")
+    report.update_readme(readme, "perf\n", "<!-- p:begin -->", "<!-- p:end -->")
+    assert readme.read_text() == f"a\n{report.BEGIN}\nT\n{report.END}\nb\n<!-- p:begin -->\nperf\n<!-- p:end -->\nc\n"
