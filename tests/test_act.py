@@ -312,6 +312,25 @@ def test_student_targets_teacher_and_loss(shapes, gen):
         build_method("act", build_model("point_transformer", **{**TINY_STUDENT, "group_size": 4}), teacher=dvae)
 
 
+def test_centred_targets_subtract_the_running_mean_of_the_teacher_features(gen, monkeypatch):
+    method = build_method("act", student(), teacher=tiny_dvae(), target="argmax", center_targets=True).train()
+    pts = [torch.rand(3, 64, 3, generator=gen) * 2 - 1 for _ in range(2)]
+    means = [method.targets(*method.backbone.group(p)).mean((0, 1)) for p in pts]  # (D,) per batch
+    method({"points": pts[0]})
+    torch.testing.assert_close(method.target_mean, means[0])  # started at the first batch's mean
+    method({"points": pts[1]})
+    torch.testing.assert_close(method.target_mean, 0.9 * means[0] + 0.1 * means[1])
+    # the loss uses target − mean: with the prediction forced to the centred target, the cosine is 1
+    import ssl3d.methods.act as M
+
+    mask = M.random_mask(3, 8, 0.8)
+    monkeypatch.setattr(M, "random_mask", lambda *a, **k: mask)
+    centred = method.targets(*method.backbone.group(pts[0])) - method.target_mean
+    monkeypatch.setattr(method.proj_head, "forward", lambda x: centred[mask].reshape(3, -1, centred.shape[-1]))
+    out = method.eval()({"points": pts[0]})
+    assert float(out["cosine"]) == pytest.approx(1.0, abs=1e-5)
+
+
 def test_cosine_loss_is_lightlys_negative_cosine_plus_one(gen, monkeypatch):
     """The loss against the official per-sample loop: Σ_b (1 + mean_g −cos(s_bg, t_bg)) / B on the masked tokens."""
     method = build_method("act", student(), teacher=tiny_dvae(), target="argmax").eval()

@@ -180,7 +180,7 @@ def test_random_rotation_about_up_axis_keeps_z(gen):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The voxel-grid kNN and radius search, against brute force (float64 distances by differences) and cKDTree
+# The KD-tree kNN and radius search, against brute force (float64 distances by differences) and cKDTree
 # ----------------------------------------------------------------------------------------------------------
 def brute_knn(q, r, k, exclude_self=False):
     """float64 distances by differences, stable argsort (ties → lower index); chunks of 256 queries."""
@@ -196,7 +196,7 @@ def brute_knn(q, r, k, exclude_self=False):
     return torch.cat(out_d, -2), torch.cat(out_i, -2)
 
 
-def grid_clouds(gen, n=1800):
+def varied_clouds(gen, n=1800):
     u, v = torch.rand(n, generator=gen) * 6.283, torch.rand(n, generator=gen) * 6.283
     torus = torch.stack([(1 + 0.3 * v.cos()) * u.cos(), (1 + 0.3 * v.cos()) * u.sin(), 0.3 * v.sin()], 1)
     blobs = torch.randn(n, 3, generator=gen) * 0.02 + torch.randn(6, 3, generator=gen).repeat_interleave(n // 6, 0)
@@ -209,12 +209,11 @@ def grid_clouds(gen, n=1800):
 
 
 @pytest.mark.parametrize("name", ["torus", "cube", "blobs", "planar", "line", "scene"])
-def test_grid_knn_matches_brute_force(gen, name):
-    x = grid_clouds(gen)[name]
+def test_tree_knn_matches_brute_force(gen, name):
+    x = varied_clouds(gen)[name]
     for exclude in (False, True):
-        d, i = G._knn_grid(x[None], x[None], 16, exclude)
+        d, i = G._knn_tree(x[None], x[None], 16, exclude)
         dd, ii = brute_knn(x, x, 16, exclude)
-        # float32 in coordinates local to a cell: error ~1e-7 of the squared cell size, not of the coordinates
         tol = 1e-5 * float(dd[:, -1].median())
         torch.testing.assert_close(d[0].double(), dd, rtol=1e-5, atol=tol)
         # indices agree except between (near-)equal distances, where the set of distances must still match
@@ -225,22 +224,17 @@ def test_grid_knn_matches_brute_force(gen, name):
             assert not (i[0] == torch.arange(len(x))[:, None]).any()
 
 
-def test_knn_dispatches_large_3d_clouds_to_the_grid(gen, monkeypatch):
-    # 2,048² pairs reach the grid; batched clouds of different scales, queries outside the reference box,
+def test_knn_dispatches_large_3d_clouds_to_the_tree(gen, monkeypatch):
+    # 2,048² pairs reach the KD-tree; batched clouds of different scales, queries outside the reference box,
     # float64, and exact duplicates (ties: the distances match, every returned point is a true neighbour)
     calls = []
-    real = G._knn_grid
-    monkeypatch.setattr(G, "_knn_grid", lambda *a: calls.append(torch.get_num_threads()) or real(*a))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    real = G._knn_tree
+    monkeypatch.setattr(G, "_knn_tree", lambda *a: calls.append(1) or real(*a))
     ref = torch.stack([torch.rand(2048, 3, generator=gen), 100 * torch.randn(2048, 3, generator=gen)]).double()
     ref[0, 1000:1010] = ref[0, 5]  # duplicates
     query = torch.cat([ref[:, :1500], 3 * ref[:, 1500:] + 2], 1)  # a quarter outside the box
-    try:
-        d, i = G.knn(query, ref, k=8)
-        assert calls == [1] and torch.get_num_threads() == 2  # the grid runs on one thread, then restores
-    finally:
-        torch.set_num_threads(threads)
+    d, i = G.knn(query, ref, k=8)
+    assert calls == [1]
     assert d.dtype == torch.float64 and d.shape == (2, 2048, 8)
     dd, _ = brute_knn(query, ref, 8)
     torch.testing.assert_close(d, dd, rtol=1e-9, atol=1e-9)
@@ -257,10 +251,10 @@ def test_knn_dispatches_large_3d_clouds_to_the_grid(gen, monkeypatch):
 
 @pytest.mark.parametrize("name", ["torus", "cube", "blobs", "planar", "scene"])
 def test_radius_pairs_on_varied_clouds(gen, name):
-    x = grid_clouds(gen, n=1200)[name]
+    x = varied_clouds(gen, n=1200)[name]
     y = x + 0.01 * torch.randn(x.shape, generator=gen)
     span = float((x.amax(0) - x.amin(0)).max())
-    for radius in (span * 1e-3, span * 0.02, span * 0.3):  # below, around and far above the grid's own cell
+    for radius in (span * 1e-3, span * 0.02, span * 0.3):
         pairs = G.radius_pairs(x, y.numpy(), radius)  # numpy input too
         a, b = x.double(), torch.from_numpy(y.numpy()).float().double()
         brute = (((a[:, None] - b[None]) ** 2).sum(-1) <= radius**2).nonzero()
@@ -272,9 +266,18 @@ def test_radius_pairs_on_varied_clouds(gen, name):
         assert torch.equal(near[:, 1], d.argmin(1)[has])
 
 
+def test_tree_knn_excludes_self_among_many_duplicates():
+    x = torch.cat([torch.zeros(20, 3), torch.rand(200, 3) + 1])  # 20 copies: the tree may list any of them first
+    d, i = G._knn_tree(x[None], x[None], 4, True)
+    assert not (i[0] == torch.arange(220)[:, None]).any()
+    assert torch.equal(d[0, :20], torch.zeros(20, 4, dtype=d.dtype))  # the other copies, at distance 0
+    with pytest.raises(ValueError, match="radius must be"):
+        G.radius_pairs(x, x, -1.0)
+
+
 def test_radius_pairs_zero_radius_and_duplicates():
     a = torch.tensor([[0.0, 0, 0], [1, 0, 0], [1, 0, 0]])
-    assert G.radius_pairs(a, a, 0.0).tolist() == [[0, 0], [1, 1], [1, 2], [2, 1], [2, 2]]  # the KD-tree path
+    assert G.radius_pairs(a, a, 0.0).tolist() == [[0, 0], [1, 1], [1, 2], [2, 1], [2, 2]]  # radius 0: duplicates only
     assert G.radius_pairs(a, a, 0.5).tolist() == [[0, 0], [1, 1], [1, 2], [2, 1], [2, 2]]
     assert G.radius_pairs(a, a, 0.5, nearest_only=True).tolist() == [[0, 0], [1, 1], [2, 1]]  # ties → lowest j
 

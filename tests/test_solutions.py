@@ -3,6 +3,7 @@
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SOLUTIONS = Path(__file__).resolve().parents[1] / "notebooks" / "solutions"
@@ -81,3 +82,18 @@ def test_03_solutions():
     assert all(e3[e]["smallest_std"] >= e ** 0.5 * (1 - 1e-6) for e in eps), "ε is a floor on every variance"
     assert e3[eps[0]]["log_likelihood"] > e3[eps[-1]]["log_likelihood"] + 0.5
 
+
+
+def test_06_solutions():
+    s = load("06_act")
+    e2 = s.exercise_2(groups=(16, 32, 64, 128))
+    cover = [e2[g]["coverage"] for g in (16, 32, 64, 128)]
+    assert all(a < b for a, b in zip(cover, cover[1:])), "more patches cover more of the cloud"
+    assert e2[64]["points_in_patches"] == 1024 and cover[2] < 0.95, "G·K = N still leaves points out (overlaps)"
+    small = dict(n_per_class=2, dvae_kw={"num_tokens": 64}, seed=0)
+    e1 = s.exercise_1(ratios=(0.2, 0.8), dvae_iters=8, student_iters=12, **small)
+    for r in e1.values():
+        assert r["held_out_loss"] < 0.5 * r["untrained_loss"], "each student learned (at least the mean target)"
+        assert 0 <= r["constant_loss"] < r["untrained_loss"], "the constant already beats an untrained student"
+    e3 = s.exercise_3(temp_targets=(1.0, 0.0625), iters=8, **small)
+    assert all(1 <= e3[t]["codes_in_use"] <= 64 and np.isfinite(e3[t]["argmax_chamfer"]) for t in e3)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from ssl3d.train import make_optimizer, make_scheduler, poly_lr, train
+from ssl3d.train import make_optimizer, make_scheduler, poly_lr, recompute_batchnorm, train
 
 
 def _setup():
@@ -142,3 +142,23 @@ def test_a_signal_interrupts_a_run_that_then_resumes_bit_identical(tmp_path):
     assert a["loss"] == b["loss"]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_recompute_batchnorm_is_the_average_of_the_batch_statistics():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Dropout(0.5))
+    net.train()
+    batches = [torch.randn(16, 3) * 1e-3 + k for k in range(3)]  # tiny variance, shifting means
+    pre = [net[0](b) for b in batches]  # (16, 4) inputs of the BatchNorm
+    assert recompute_batchnorm(net, batches) == 3
+    bn = net[1]
+    torch.testing.assert_close(bn.running_mean, torch.stack([p.mean(0) for p in pre]).mean(0))
+    torch.testing.assert_close(bn.running_var, torch.stack([p.var(0) for p in pre]).mean(0))  # unbiased, as BN
+    assert bn.momentum == 0.1 and net.training  # settings and mode restored
+    # the exponential average of a short run still remembers its start (variance 1); the recomputed one does not
+    fresh = torch.nn.BatchNorm1d(4).train()
+    for p in pre:
+        fresh(p)
+    assert float(fresh.running_var.min()) > 0.5 and float(bn.running_var.max()) < 1e-4
+    with pytest.raises(ValueError, match="no batches"):
+        recompute_batchnorm(net, [])

@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader
 
 from ssl3d.utils import load_checkpoint, progress, save_checkpoint, set_rng_state
 
-__all__ = ["train", "pretrain", "make_optimizer", "make_scheduler", "poly_lr", "TrainingInterrupted"]
+__all__ = ["train", "pretrain", "make_optimizer", "make_scheduler", "poly_lr", "recompute_batchnorm",
+           "TrainingInterrupted"]
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -238,3 +239,38 @@ def pretrain(method, dataset, *, epochs: int, batch_size: int, optimizer: str = 
     sched = make_scheduler(opt, scheduler, epochs * len(loader), gamma=gamma, warmup=warmup)
     return train(method, loader, opt, epochs, sched, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                  clip_grad=clip_grad, desc=desc or f"{method.name} pre-training", on_epoch_end=on_epoch_end)
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: torch.nn.Module, batches, forward=None) -> int:
+    """"Precise BN": set every BatchNorm's running mean and variance to the average of its batch statistics over
+    ``batches``, each passed to ``forward`` (default: ``model.encode`` if the model has one, else ``model``).
+
+    Why: BatchNorm's running statistics are an exponential average with momentum 0.1 that starts from mean 0 and
+    variance 1. After a short run they still remember that start: the point-patch encoder of the Transformer
+    sees patch coordinates of variance ~1e-6 (normalised shapes, 16-point patches), and after 30 iterations its
+    running variance is still ~0.9³⁰ ≈ 0.04, so in eval mode every patch maps to nearly the same feature. A
+    network that never trained (a "scratch" baseline) has exactly the initial (0, 1). Recomputing the statistics
+    on data (no labels, no gradients; dropout off) removes that artefact for every network alike.
+    Returns the number of batches used. The model comes back in the mode it had.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    was_training, momenta = model.training, [m.momentum for m in bns]
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: after n batches, the mean of their n statistics
+        m.train()
+    n = 0
+    forward = forward or (model.encode if hasattr(model, "encode") else model)
+    for batch in batches:
+        forward(batch)
+        n += 1
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("recompute_batchnorm: no batches given — pass a DataLoader over (unlabelled) training data")
+    return n

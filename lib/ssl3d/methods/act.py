@@ -155,12 +155,17 @@ class ACTDistillation(Method):
             blocks; heads default: the student's, 6).
         drop_path_rate: of the decoder (0.1).  target: ``"gumbel"`` (ACT: hard Gumbel sample at τ = 1,
             stochastic) or ``"argmax"`` (deterministic).
+        center_targets: subtract a running mean of the teacher's features from the targets (an ssl3d option, not
+            in ACT; off by default). A short-trained teacher's features share one dominant direction — predicting
+            their mean alone scores a cosine near 0.9 — and the cosine loss is then met by a constant; centring
+            (as DINO centres its teacher) leaves only what differs between patches. Momentum 0.9 per step,
+            started at the first batch's mean.
     Metrics: ``cosine`` (mean cosine similarity on the masked tokens).
     """
 
     def __init__(self, backbone: PointTransformer, teacher: DiscreteVAE | str | os.PathLike, mask_ratio: float = 0.8,
                  decoder_depth: int = 2, decoder_num_heads: int | None = None, drop_path_rate: float = 0.1,
-                 target: str = "gumbel"):
+                 target: str = "gumbel", center_targets: bool = False):
         if not isinstance(backbone, PointTransformer):
             raise TypeError(f"act distils into a point_transformer backbone, got {type(backbone).__name__}")
         super().__init__(backbone)
@@ -185,6 +190,8 @@ class ACTDistillation(Method):
         self.decoder = TransformerDecoder(c, decoder_depth, decoder_num_heads or backbone.num_heads, drop_path_rate)
         self.proj_head = nn.Linear(c, teacher.feat_dim)
         self.register_buffer("global_step", torch.zeros((), dtype=torch.long))
+        self.center_targets = center_targets
+        self.register_buffer("target_mean", torch.zeros(teacher.feat_dim))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -210,7 +217,14 @@ class ACTDistillation(Method):
                          self.decoder_pos_embed(center[mask].reshape(b, m, 3))], dim=1)  # (B, G, C)
         x = torch.cat([z_vis, self.mask_token.expand(b, m, c)], dim=1)  # (B, G, C)
         pred = self.proj_head(self.decoder(x, pos, m))  # (B, M, D)
-        target = self.targets(neighborhood, center)[mask].reshape(b, m, -1)  # (B, M, D)
+        target = self.targets(neighborhood, center)  # (B, G, D)
+        if self.center_targets:
+            if self.training:
+                batch_mean = target.mean((0, 1))  # (D,)
+                self.target_mean.copy_(batch_mean if int(self.global_step) == 0
+                                       else 0.9 * self.target_mean + 0.1 * batch_mean)
+            target = target - self.target_mean
+        target = target[mask].reshape(b, m, -1)  # (B, M, D)
         cos = F.cosine_similarity(pred, target, dim=-1, eps=1e-8)  # (B, M)
         loss = (1 - cos.mean(1)).mean()
         if self.training:
