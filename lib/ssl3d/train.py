@@ -27,6 +27,7 @@ a ``DistributedSampler`` gets ``set_epoch`` like the dataset does.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import signal
 from collections.abc import Mapping
@@ -257,6 +258,10 @@ def recompute_batchnorm(model: torch.nn.Module, batches, forward=None) -> int:
     bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return 0
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:  # checked before the statistics are reset, so that the model is left untouched
+        raise ValueError("recompute_batchnorm: no batches given — pass a DataLoader over (unlabelled) training data")
     was_training, momenta = model.training, [m.momentum for m in bns]
     model.eval()
     for m in bns:
@@ -265,12 +270,10 @@ def recompute_batchnorm(model: torch.nn.Module, batches, forward=None) -> int:
         m.train()
     n = 0
     forward = forward or (model.encode if hasattr(model, "encode") else model)
-    for batch in batches:
+    for batch in itertools.chain([first], batches):
         forward(batch)
         n += 1
     for m, mom in zip(bns, momenta):
         m.momentum = mom
     model.train(was_training)
-    if n == 0:
-        raise ValueError("recompute_batchnorm: no batches given — pass a DataLoader over (unlabelled) training data")
     return n
