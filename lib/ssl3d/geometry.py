@@ -1,9 +1,10 @@
-"""Geometry on point clouds in plain PyTorch: voxelization, kNN, farthest-point sampling, surface sampling,
+"""Geometry on point clouds: voxelization, kNN, radius search, farthest-point sampling, surface sampling,
 rigid transforms.
 
 Everything here works on the CPU and the GPU, accepts a single cloud ``(N, 3)`` or a batch ``(B, N, 3)``
 where it makes sense, and is tested against brute-force references (``tests/test_geometry.py``).
-torch-geometric's ``knn_graph``/``fps`` need ``pyg-lib``, which is not on PyPI, so we write our own.
+torch-geometric's ``knn_graph``/``fps`` need ``pyg-lib``, which is not on PyPI, so we write our own: plain
+PyTorch, except the CPU neighbour searches, which call scipy's compiled KD-tree (see the notes below).
 """
 
 from __future__ import annotations
