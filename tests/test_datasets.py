@@ -81,6 +81,22 @@ def test_view_pairs_stay_consistent_under_random_rotations():
     assert cc[:, 0].max() < len(b["points0"]) and cc[:, 1].max() < len(b["points1"])
 
 
+def test_view_pairs_in_the_world_frame_are_gravity_aligned():
+    kw = dict(n_rooms=1, frames_per_room=10, voxel_size=0.1, width=64, height=48)
+    cam, world = D.ViewPairDataset(**kw), D.ViewPairDataset(frame="world", **kw, transform=T.RandomRotation((0, 0, 1)))
+    raw_c, raw_w = cam.raw(0), world.raw(0)
+    R0 = cam.frames(cam.pairs[0][0])[cam.pairs[0][1]]["pose"][:3, :3]
+    np.testing.assert_allclose(raw_w["points0"], raw_c["points0"] @ R0.T, atol=1e-5)  # rotated, not moved
+    floor = raw_w["semantic0"] == 0  # the floor is horizontal in the world frame: constant z
+    assert floor.sum() > 20 and raw_w["points0"][floor, 2].std() < 0.02
+    it = world[0]  # the ground truth still holds after the up-axis augmentation
+    c = it["correspondences"]
+    p1_in_0 = it["points1"] @ it["T"][:3, :3].T + it["T"][:3, 3]
+    assert (it["points0"][c[:, 0]] - p1_in_0[c[:, 1]]).norm(dim=1).max() <= 0.15 + 1e-4
+    with pytest.raises(ValueError, match="frame"):
+        D.ViewPairDataset(frame="gravity", **kw)
+
+
 def test_rgbd_frame_dataset_pixels_match_points():
     ds = D.RGBDFrameDataset(n_rooms=1, frames_per_room=2, voxel_size=0.1, width=64, height=48)
     it = ds[0]

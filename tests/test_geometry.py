@@ -304,3 +304,20 @@ def test_fps_numpy_loop_is_identical_to_the_torch_loop(gen, dtype):
         assert torch.equal(G.fps(x, 96, start=None, generator=torch.Generator().manual_seed(7)),
                            torch_loop_fps(x, 96, torch.randint(700, (4,), generator=torch.Generator().manual_seed(7))))
         assert torch.equal(torch.stack([G.fps(x[c], 96, start=int(start[c])) for c in range(4)]), want)
+
+
+@pytest.mark.parametrize("shape,span", [((5000, 3), 20), ((3000, 4), 6), ((1, 3), 5), ((400, 2), 1000)])
+def test_unique_rows_equals_unique_dim0(shape, span):
+    g = torch.Generator().manual_seed(shape[0])
+    c = torch.randint(-span, span, shape, generator=g)
+    got = G.unique_rows(c)
+    ref = torch.unique(c, dim=0, return_inverse=True, return_counts=True)
+    for a, b in zip(got, ref, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_unique_rows_falls_back_when_keys_would_overflow():
+    c = torch.tensor([[0, 0, 0], [2**40, 2**30, 5], [0, 0, 0], [-(2**40), 7, 1]])
+    got = G.unique_rows(c)
+    ref = torch.unique(c, dim=0, return_inverse=True, return_counts=True)
+    assert all(torch.equal(a, b) for a, b in zip(got, ref, strict=True))

@@ -174,3 +174,20 @@ def test_show3d_live_uses_trame_when_installed():
         pytest.skip("trame_pyvista is installed but does not load")
     view = P.show3d(np.random.default_rng(0).normal(size=(100, 3)), labels=np.arange(100) % 3, static=False)
     assert "localhost" in view.src, "an iframe onto the local trame server"
+
+
+def test_pca_rgb_maps_principal_components_to_channels():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(500, 3)) * np.array([5.0, 2.0, 0.5])  # three directions of decreasing variance
+    q, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    x = z @ q[:3] + 3.0  # (500, 8): the directions rotated into 8-d and shifted
+    rgb, state = P.pca_rgb(x)
+    assert rgb.shape == (500, 3) and rgb.min() >= 0 and rgb.max() <= 1
+    for c in range(3):  # channel c follows the c-th largest direction (up to sign)
+        assert abs(np.corrcoef(rgb[:, c], z[:, c])[0, 1]) > 0.95
+    again, _ = P.pca_rgb(x[:10], *state)  # the same basis reproduces the colours of a subset
+    np.testing.assert_allclose(again, rgb[:10])
+    flat, _ = P.pca_rgb(np.ones((4, 5)))
+    np.testing.assert_allclose(flat, 0.5 * np.ones((4, 3)))
+    with pytest.raises(ValueError, match="finite"):
+        P.pca_rgb(np.full((3, 4), np.nan))

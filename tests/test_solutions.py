@@ -84,6 +84,27 @@ def test_03_solutions():
 
 
 
+def test_04_solutions():
+    s = load("04_pointcontrast")
+    pair = s._pair(voxel_size=0.15)
+    e1 = s.exercise_1(taus=(0.07, 0.4), num_pos=512, pair=pair)
+    assert e1[0.07]["separation"] > e1[0.4]["separation"] > 0, "a small τ separates matched from random more"
+    assert e1[0.07]["random"] > e1["log_n"] > e1[0.07]["matched"], "random features score above log n at τ = 0.07"
+    e2 = s.exercise_2(sizes=(64, 256), pair=pair)
+    assert all(abs(loss - log_n) < 0.15 * log_n for loss, log_n in e2.values()), "random features: ≈ log n"
+    assert e2[256][0] > e2[64][0], "more keys, higher loss"
+    import torch
+
+    from ssl3d.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("res16unet14tiny", in_channels=0, out_channels=8)
+    same = s.exercise_3(net, voxel_size=0.2, quarter_turns=0)
+    assert abs(same["mean"] - 1) < 1e-5, "no rotation: identical features"
+    turned = s.exercise_3(net, voxel_size=0.2, quarter_turns=1)
+    assert -1 <= turned["mean"] < 0.9999, "a quarter turn changes a random network's features"
+
+
 def test_06_solutions():
     s = load("06_act")
     e2 = s.exercise_2(groups=(16, 32, 64, 128))

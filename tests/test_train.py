@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from ssl3d.train import make_optimizer, make_scheduler, poly_lr, recompute_batchnorm, train
+from ssl3d.train import exp_lr, make_optimizer, make_scheduler, poly_lr, recompute_batchnorm, train
 
 
 def _setup():
@@ -164,3 +164,27 @@ def test_recompute_batchnorm_is_the_average_of_the_batch_statistics():
     with pytest.raises(ValueError, match="no batches"):
         recompute_batchnorm(net, [])
     assert torch.equal(bn.running_var, before)  # an empty input leaves the statistics alone
+
+
+@pytest.mark.parametrize("freq", [1, 3, 250])
+def test_exp_schedule_follows_the_released_trainer(freq):
+    """PointContrast's trainer: ExponentialLR(γ), stepped after iteration 1 and after every freq-th iteration."""
+    gamma, iters = 0.9, 700
+    ref_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    ref = torch.optim.lr_scheduler.ExponentialLR(ref_opt, gamma)
+    expected = []
+    for curr_iter in range(1, iters + 1):  # the released loop: train an iteration, then maybe step
+        expected.append(ref_opt.param_groups[0]["lr"])
+        if curr_iter % freq == 0 or (curr_iter == 1 and freq > 1):
+            ref.step()
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = make_scheduler(opt, "exp", total_steps=iters, gamma=gamma, lr_update_freq=freq)
+    got = []
+    for _ in range(iters):
+        got.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert got == pytest.approx(expected, rel=1e-12, abs=0)
+    assert exp_lr(gamma, freq)(0) == 1.0
+    with pytest.raises(ValueError, match="update_freq"):
+        exp_lr(gamma, 0)

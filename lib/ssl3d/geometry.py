@@ -26,6 +26,7 @@ __all__ = [
     "coverage_radius",
     "Voxels",
     "voxelize",
+    "unique_rows",
     "sample_surface",
     "estimate_normals",
     "normalize_unit_sphere",
@@ -280,13 +281,36 @@ class Voxels:
         return (self.coords.float() + 0.5) * self.voxel_size
 
 
+def unique_rows(coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torch.unique(coords, dim=0, return_inverse=True, return_counts=True)`` for integer (N, D) coordinates, through
+    one int64 key per row: with the coordinates shifted to start at 0, ``key = ((c₀·R₁ + c₁)·R₂ + c₂)…`` orders rows
+    lexicographically, so a 1-D unique of the keys gives the same rows, inverse and counts — about 10× faster on the
+    CPU than ``unique(dim=0)``. Falls back to ``unique(dim=0)`` when the ranges would overflow int64."""
+    if coords.dim() != 2 or coords.shape[0] == 0:
+        return torch.unique(coords, dim=0, return_inverse=True, return_counts=True)
+    lo = coords.min(0).values
+    c = coords - lo  # (N, D) ≥ 0
+    ranges = (c.max(0).values + 1).tolist()
+    if math.prod(ranges) >= 2**62:
+        return torch.unique(coords, dim=0, return_inverse=True, return_counts=True)
+    key = c[:, 0].clone()
+    for d in range(1, c.shape[1]):
+        key = key * ranges[d] + c[:, d]
+    ukey, inverse, counts = torch.unique(key, sorted=True, return_inverse=True, return_counts=True)
+    uniq = torch.empty(len(ukey), c.shape[1], dtype=coords.dtype, device=coords.device)
+    for d in range(c.shape[1] - 1, -1, -1):  # decode the keys back into rows
+        uniq[:, d] = ukey % ranges[d] if d > 0 else ukey
+        ukey = ukey // ranges[d] if d > 0 else ukey
+    return uniq + lo, inverse, counts
+
+
 def voxelize(points, voxel_size: float, feats=None, labels=None, ignore_index: int = -100) -> Voxels:
     """Quantize points to a grid of cubes of side ``voxel_size``; average features, vote labels."""
     x = check_points(as_tensor(points), "points", batched=False)
     if not voxel_size > 0:
         raise ValueError(f"voxel_size must be positive, got {voxel_size}")
     coords = torch.floor(x / voxel_size).long()
-    uniq, inverse, counts = torch.unique(coords, dim=0, return_inverse=True, return_counts=True)
+    uniq, inverse, counts = unique_rows(coords)
     m, n = uniq.shape[0], x.shape[0]
     # first point (in input order) of every voxel: scatter_reduce with 'amin' over point indices
     order = torch.arange(n, device=x.device)

@@ -20,6 +20,7 @@ __all__ = [
     "save_figure",
     "save_image",
     "label_colors",
+    "pca_rgb",
     "render_points",
     "render_mesh",
     "render_voxels",
@@ -76,6 +77,30 @@ def label_colors(labels) -> np.ndarray:
     out = PALETTE[np.mod(lab, len(PALETTE))].copy()
     out[lab < 0] = 160
     return out
+
+
+def pca_rgb(features, basis=None, lo=None, hi=None):
+    """Per-point features (N, C) → colours (N, 3) in [0, 1]: the first three principal components, each mapped
+    to [0, 1] between its 1st and 99th percentile (clipped). Returns ``(rgb, (basis, lo, hi))``; pass that tuple
+    back (``pca_rgb(g, *state)``) to colour other features in the *same* basis, so two clouds can be compared.
+    With fewer than three non-constant directions the missing channels are 0.5."""
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or len(x) == 0 or not np.isfinite(x).all():
+        raise ValueError(f"pca_rgb expects finite (N, C) features with N ≥ 1, got shape {x.shape}")
+    if basis is None:
+        xc = x - x.mean(0)
+        _, _, vt = np.linalg.svd(xc, full_matrices=False)
+        basis = (x.mean(0), vt[:3])
+    mean, vt = basis
+    z = (x - mean) @ vt.T  # (N, ≤3)
+    if lo is None:
+        lo, hi = np.percentile(z, 1, axis=0), np.percentile(z, 99, axis=0)
+    varies = hi - lo > 1e-12
+    channels = np.clip((z - lo) / np.where(varies, hi - lo, 1.0), 0.0, 1.0)
+    channels[:, ~varies] = 0.5
+    rgb = np.full((len(x), 3), 0.5)
+    rgb[:, : z.shape[1]] = channels
+    return rgb, (basis, lo, hi)
 
 
 def _pyvista():

@@ -35,7 +35,8 @@ SCHEMA = {
     "method": {"args"},
     "data": {"task", "split", "options"},
     "train": {"epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "dampening", "scheduler",
-              "warmup", "gamma", "seed", "checkpoint_every", "clip_grad", "num_workers", "device", "sync_bn"},
+              "warmup", "gamma", "lr_update_freq", "seed", "checkpoint_every", "clip_grad", "num_workers", "device",
+              "sync_bn"},
     "output": {"dir"},
 }
 

@@ -69,14 +69,27 @@ def poly_lr(total_steps: int, power: float = 0.9):
     return lambda step: max(0.0, 1 - step / max(total_steps, 1)) ** power
 
 
-def make_scheduler(optimizer, name: str | None, total_steps: int, gamma: float = 0.99, warmup: int = 0):
-    """Per-iteration schedulers: None, 'poly', 'exp' (PointContrast: γ 0.99), 'cosine' (with linear warm-up)."""
+def exp_lr(gamma: float, update_freq: int = 1):
+    """PointContrast's stepped exponential decay: its trainer calls ``scheduler.step()`` after iteration 1 and after
+    every ``update_freq``-th iteration (``trainer.lr_update_freq``, 250 in the released launch scripts), so the
+    factor for 0-indexed step s is 1 at s = 0 and γ^(1 + ⌊s / update_freq⌋) after. ``update_freq = 1``: γ^s."""
+    if update_freq < 1:
+        raise ValueError(f"update_freq must be ≥ 1 iteration, got {update_freq}")
+    if update_freq == 1:
+        return lambda step: gamma ** step
+    return lambda step: 1.0 if step == 0 else gamma ** (1 + step // update_freq)
+
+
+def make_scheduler(optimizer, name: str | None, total_steps: int, gamma: float = 0.99, warmup: int = 0,
+                   lr_update_freq: int = 1):
+    """Per-iteration schedulers: None, 'poly', 'exp' (PointContrast: γ 0.99 every ``lr_update_freq`` iterations,
+    :func:`exp_lr`), 'cosine' (with linear warm-up)."""
     if name is None or name == "none":
         return None
     if name == "poly":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, poly_lr(total_steps))
     if name == "exp":
-        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, exp_lr(gamma, lr_update_freq))
     if name == "cosine":
         def f(step):
             if step < warmup:
@@ -223,8 +236,9 @@ def train(model: torch.nn.Module, loader, optimizer, epochs: int = 1, scheduler=
 
 def pretrain(method, dataset, *, epochs: int, batch_size: int, optimizer: str = "adamw", lr: float = 1e-3,
              weight_decay: float = 0.0, momentum: float = 0.9, dampening: float = 0.0, scheduler: str | None = "cosine",
-             warmup: int = 0, gamma: float = 0.99, seed: int = 0, checkpoint: str | Path | None = None,
-             checkpoint_every: int | None = None, clip_grad: float | None = None, num_workers: int = 0,
+             warmup: int = 0, gamma: float = 0.99, lr_update_freq: int = 1, seed: int = 0,
+             checkpoint: str | Path | None = None, checkpoint_every: int | None = None,
+             clip_grad: float | None = None, num_workers: int = 0,
              drop_last: bool = True, desc: str | None = None, on_epoch_end=None, sampler=None) -> dict:
     """Pre-train any :class:`ssl3d.methods.Method` on ``dataset``: a shuffled loader (seeded) with the method's own
     ``collate``, the named optimizer and per-iteration scheduler, then :func:`train`. Returns the history.
@@ -237,7 +251,8 @@ def pretrain(method, dataset, *, epochs: int, batch_size: int, optimizer: str = 
         raise ValueError(f"pretrain: the dataset has {len(dataset)} items, fewer than one batch of {batch_size}")
     opt = make_optimizer(method.parameters(), optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum,
                          dampening=dampening)
-    sched = make_scheduler(opt, scheduler, epochs * len(loader), gamma=gamma, warmup=warmup)
+    sched = make_scheduler(opt, scheduler, epochs * len(loader), gamma=gamma, warmup=warmup,
+                           lr_update_freq=lr_update_freq)
     return train(method, loader, opt, epochs, sched, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                  clip_grad=clip_grad, desc=desc or f"{method.name} pre-training", on_epoch_end=on_epoch_end)
 

@@ -475,11 +475,12 @@ class ViewPairDataset(PairDataset, _Lazy):
 
     For each of ``n_rooms`` rooms, ``frames_per_room`` frames are rendered along a trajectory and every pair
     with overlap ≥ ``min_overlap`` (within ``max_gap`` frames) is kept. An item holds both views voxel-
-    subsampled at ``voxel_size`` in their own camera frames, then each view is independently augmented
-    (``transform``, e.g. a random rotation) and quantized again (unique voxels); correspondences are then found
-    among the kept points (radius ``radius_factor · voxel_size`` after the ground-truth transform). ``T`` maps view 1
-    into view 0 *after* augmentation, so ``‖points0[i] − T · points1[j]‖ ≤ 1.5 · voxel_size`` for every
-    correspondence (i, j).
+    subsampled at ``voxel_size`` in their own camera frames (``frame="world"``: rotated by the camera-to-world
+    rotation, so gravity-aligned with z up like the fine-tuning scenes, still centred on the camera), then each
+    view is independently augmented (``transform``, e.g. a random rotation) and quantized again (unique voxels);
+    correspondences are then found among the kept points (radius ``radius_factor · voxel_size`` after the
+    ground-truth transform). ``T`` maps view 1 into view 0 *after* augmentation, so
+    ``‖points0[i] − T · points1[j]‖ ≤ 1.5 · voxel_size`` for every correspondence (i, j).
     Items: ``points0/points1 (N, 3)``, ``coords0/coords1 (N, 3) int64`` unique voxel coordinates, ``feats0/feats1``
     (ones, geometry only, as in PointContrast; or colours), ``correspondences (P, 2)``, ``T (4, 4)``, ``overlap``.
     """
@@ -487,8 +488,12 @@ class ViewPairDataset(PairDataset, _Lazy):
     def __init__(self, n_rooms: int = 4, frames_per_room: int = 24, voxel_size: float = 0.05,
                  min_overlap: float = 0.3, max_gap: int = 4, split: str = "train", seed: int = 0,
                  width: int = 160, height: int = 120, features: str = "ones", transform=None,
-                 radius_factor: float = 1.5):
+                 radius_factor: float = 1.5, frame: str = "camera"):
         _Lazy.__init__(self, seed, split, transform)
+        if frame not in ("camera", "world"):
+            raise ValueError(f"frame must be 'camera' (each view in its camera frame) or 'world' (rotated by the "
+                             f"camera-to-world rotation: gravity-aligned, z up), got {frame!r}")
+        self.frame = frame
         self.n_rooms, self.frames_per_room, self.voxel_size = n_rooms, frames_per_room, voxel_size
         self.radius_factor = radius_factor
         self.min_overlap, self.max_gap, self.width, self.height, self.features = (min_overlap, max_gap, width,
@@ -514,7 +519,14 @@ class ViewPairDataset(PairDataset, _Lazy):
     def _item(self, k):
         r, i, j, _ = self.pairs[k]
         f = self.frames(r)
-        return R.make_view_pair(f[i], f[j], self.voxel_size)
+        d = R.make_view_pair(f[i], f[j], self.voxel_size)
+        if self.frame == "world":  # x' = R_v x for each view: gravity-aligned (z up), still centred on its camera
+            R0, R1 = np.eye(4), np.eye(4)
+            R0[:3, :3], R1[:3, :3] = f[i]["pose"][:3, :3], f[j]["pose"][:3, :3]
+            d["points0"] = (d["points0"] @ R0[:3, :3].T).astype(np.float32)
+            d["points1"] = (d["points1"] @ R1[:3, :3].T).astype(np.float32)
+            d["T"] = (R0 @ d["T"].astype(np.float64) @ R1.T).astype(np.float32)  # x0' = R0 T R1ᵀ x1'
+        return d
 
 def collate_pairs(batch: list[dict]) -> dict:
     """Batch view pairs: per view ``coords (ΣN, 4)`` with the batch index first and ``feats``; correspondences
