@@ -105,6 +105,24 @@ def test_04_solutions():
     assert -1 <= turned["mean"] < 0.9999, "a quarter turn changes a random network's features"
 
 
+def test_05_solutions():
+    s = load("05_image_to_point")
+    e1 = s.exercise_1(n_pairs=60)
+    for r in e1.values():
+        assert 0 < r["mean_matches"] < r["view_pixels"], "some, never all, view pixels have a partner"
+    released, smoke = e1.values()
+    assert released["at_cap"] > 0.8, "at 224 px most pairs have more matches than the 4,092 the loss samples"
+    assert smoke["at_cap"] < released["at_cap"]
+    e2 = s.exercise_2(n_frames=2)
+    assert e2["native"]["min_cosine"] > 1 - 1e-5, "at native resolution points sit on pixel centres: identical"
+    assert e2["half"]["mean_cosine"] < 0.999 and e2["half"]["min_cosine"] < e2["native"]["min_cosine"]
+    e3 = s.exercise_3()
+    kept, rejected = e3["kept"], e3["rejected"]
+    assert kept["points"] + rejected["points"] == e3["in_front_and_inside"] < e3["points"]
+    assert rejected["points"] > 0 and kept["same_instance"] > 0.95 > 0.2 > rejected["same_instance"]
+    assert rejected["colour_error"] > 2 * kept["colour_error"], "occluded points land on other colours"
+
+
 def test_06_solutions():
     s = load("06_act")
     e2 = s.exercise_2(groups=(16, 32, 64, 128))
