@@ -175,6 +175,7 @@ def test_exp_schedule_follows_the_released_trainer(freq):
     expected = []
     for curr_iter in range(1, iters + 1):  # the released loop: train an iteration, then maybe step
         expected.append(ref_opt.param_groups[0]["lr"])
+        ref_opt.step()
         if curr_iter % freq == 0 or (curr_iter == 1 and freq > 1):
             ref.step()
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
