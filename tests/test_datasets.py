@@ -105,6 +105,7 @@ def test_rgbd_frame_dataset_pixels_match_points():
     torch.testing.assert_close(it["points"][:, 2], z)
     assert it["image"].shape == (3, 48, 64)
     torch.testing.assert_close(it["semantic"], it["semantic_image"][v, u])
+    torch.testing.assert_close(it["pose"], torch.from_numpy(ds.raw(0)["pose"]).float())  # for frame="world"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -545,7 +545,7 @@ def collate_pairs(batch: list[dict]) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 class RGBDFrameDataset(_Lazy):
     """Single RGB-D frames with their back-projected points and the pixel each point came from
-    (image-to-point pre-training). Items: ``image (3, H, W) float`` in [0, 1], ``depth (H, W)``, ``K``,
+    (image-to-point pre-training). Items: ``image (3, H, W) float`` in [0, 1], ``depth (H, W)``, ``K``, ``pose (4, 4)``,
     ``points (M, 3)`` camera frame (one per ``voxel_size`` voxel), ``colors (M, 3)`` in [0, 1], ``coords (M, 3)``,
     ``pixels (M, 2)`` (row, column), ``semantic (M,)`` and ``semantic_image (H, W)``.
 
@@ -581,7 +581,7 @@ class RGBDFrameDataset(_Lazy):
                 "points": pts, "colors": torch.from_numpy(np.asarray(p["colors"], np.float32)),
                 "coords": torch.floor(pts / self.voxel_size).long(),
                 "pixels": torch.from_numpy(p["pixels"]), "semantic": torch.from_numpy(p["semantic"]),
-                "semantic_image": torch.from_numpy(f["semantic"])}
+                "semantic_image": torch.from_numpy(f["semantic"]), "pose": torch.from_numpy(f["pose"]).float()}
 
 
 def collate_frames(batch: list[dict]) -> dict:
