@@ -7,10 +7,12 @@ Executed copies: every notebook nbval runs is also written, with the outputs of 
 ``runs/smoke/<stem>.ipynb`` (atomically, after its last cell) — the same place ``./reproduce.sh`` writes them — so
 that ``./reproduce.sh --test`` executes each notebook once and the static-site test (tests/test_site.py, which runs
 after the notebooks) renders these copies. nbval 0.11 keeps each cell's new outputs in ``item.test_outputs``.
+The wall time of every notebook (first cell to last) is printed at the end of the run.
 """
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("SSL3D_FIGURES", tempfile.mkdtemp(prefix="ssl3d-figures-"))
@@ -19,11 +21,28 @@ os.environ.setdefault("SSL3D_STATIC", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep (see ssl3d/__init__.py)
 
 RUNS = Path(__file__).resolve().parent / "runs" / "smoke"
+_NOTEBOOK_TIMES: dict[str, list[float]] = {}  # notebook → [start, end]
+
+
+def pytest_runtest_setup(item):
+    if type(item).__name__ == "IPyNbCell":
+        _NOTEBOOK_TIMES.setdefault(Path(str(item.parent.fspath)).stem, [time.perf_counter(), 0.0])
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _NOTEBOOK_TIMES:
+        return
+    terminalreporter.section("notebook wall times")
+    for stem, (start, end) in _NOTEBOOK_TIMES.items():
+        terminalreporter.write_line(f"{stem:<34} {end - start:8.1f} s")
+    total = sum(end - start for start, end in _NOTEBOOK_TIMES.values())
+    terminalreporter.write_line(f"{'total':<34} {total:8.1f} s")
 
 
 def pytest_runtest_teardown(item, nextitem):
     if type(item).__name__ != "IPyNbCell":
         return
+    _NOTEBOOK_TIMES[Path(str(item.parent.fspath)).stem][1] = time.perf_counter()
     if item.test_outputs is not None:
         item.cell.outputs = list(item.test_outputs)
         item.cell.execution_count = item.cell_num + 1

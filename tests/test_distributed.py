@@ -65,3 +65,57 @@ def test_bad_configs_are_refused_with_the_key_named(tmp_path):
     out = subprocess.run([sys.executable, "-m", "ssl3d.pretrain", "gmm", "--config", str(bad)], capture_output=True,
                          text=True, env={**os.environ, "SSL3D_PROGRESS": "0"})
     assert out.returncode == 2 and "unknown section 'optim'" in out.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Every shipped pre-training config runs (one epoch, tiny sizes, in-process — the code path torchrun runs per rank)
+# ----------------------------------------------------------------------------------------------------------
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+TINY_OBJECTS = {"n_per_class": 1, "n_points": 128, "classes": ["chair", "mug"]}
+
+
+def _tiny(name, tmp_path) -> dict:
+    from test_act import TINY_STUDENT, tiny_dvae  # pytest puts tests/ on sys.path
+    from test_image_to_point import tiny_teacher
+
+    from ssl3d.act import save_dvae
+    from ssl3d.models.resunet2d import save_resunet2d
+
+    sparse = {"name": "res16unet14tiny", "args": {"in_channels": 0, "out_channels": 8}}
+    if name == "gmm":
+        return {"backbone": {"name": "pointnet", "args": {"width": 0.125}}, "method": {"args": {"J": 4}},
+                "data": {"options": TINY_OBJECTS}}
+    if name == "pointcontrast":
+        return {"backbone": sparse, "method": {"args": {"num_pos": 64}},
+                "data": {"options": {"voxel_size": 0.2, "n_rooms": 1, "frames_per_room": 4, "width": 48,
+                                     "height": 36}}}
+    if name == "image_to_point":
+        teacher = save_resunet2d(tiny_teacher(), tmp_path / "teacher2d.pt")
+        return {"backbone": sparse, "method": {"args": {"teacher": str(teacher), "num_pairs": 32, "voxel_size": 0.2}},
+                "data": {"options": {"n_rooms": 1, "frames_per_room": 2, "voxel_size": 0.2, "width": 32,
+                                     "height": 24}}}
+    if name == "act":
+        teacher = save_dvae(tiny_dvae(), tmp_path / "dvae.pt")
+        return {"backbone": {"name": "point_transformer", "args": TINY_STUDENT},
+                "method": {"args": {"teacher": str(teacher)}}, "data": {"options": TINY_OBJECTS}}
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "configs" / "pretrain").glob("*.yaml")))
+def test_every_pretraining_config_runs_and_writes_a_rebuildable_backbone(tmp_path, name):
+    from ssl3d.models import load_backbone
+    from ssl3d.pretrain import run
+
+    cfg = load_config(ROOT / "configs" / "pretrain" / f"{name}.yaml")
+    tiny = _tiny(name, tmp_path)
+    cfg["backbone"] = tiny["backbone"]
+    cfg["method"]["args"].update(tiny["method"]["args"])
+    cfg["data"]["options"] = tiny["data"]["options"]
+    cfg["train"].update(epochs=1, batch_size=2, checkpoint_every=None, warmup=0, device="cpu")
+    cfg["output"] = {"dir": str(tmp_path / "out")}
+    res = run(name, cfg)
+    assert all(torch.isfinite(torch.tensor(res["history"]["loss"])))
+    net, meta = load_backbone(res["backbone_path"], return_meta=True)
+    assert meta["method"] == name and type(net).__name__ == {"gmm": "PointNet", "act": "PointTransformer"}.get(
+        name, "Res16UNet14Tiny")
+    assert res["checkpoint"].is_file()

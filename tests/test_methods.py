@@ -75,6 +75,27 @@ def test_sparse_gmm_is_the_per_shape_loss_of_the_voxel_centres(shapes):
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
 
 
+def test_sparse_gmm_on_voxelized_rooms_is_the_loss_of_each_room_s_voxel_centres():
+    """Scene items (already voxelized): one mixture per room over (coords + ½)·voxel_size, computed room by room."""
+    rooms = D.SceneDataset(n_rooms=2, points_per_room=3000, voxel_size=0.4, features="ones")
+    torch.manual_seed(0)
+    m = build_method("gmm", build_model("res16unet14tiny", in_channels=0, out_channels=16), J=3,
+                     voxel_size=0.4).eval()
+    items = [rooms[0], rooms[1]]
+    batch = m.collate(items)
+    loss = m(batch)["loss"]
+    logits = m.head(m.backbone.encode(batch)["feats"])  # (ΣM, J)
+    lls = []
+    for k, it in enumerate(items):
+        c = (it["coords"].double() + 0.5) * 0.4  # (M, 3) voxel centres in metres, by hand
+        sel = batch["coords"][:, 0] == k
+        lg = logits[sel].double()[None]
+        lls.append(gmm.gmm_log_likelihood(c[None], gmm.gmm_params(c[None], lg, eps=m.eps)).reshape(-1))
+    torch.testing.assert_close(loss.double(), -torch.cat(lls).mean(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="sparse backbone"):
+        build_method("gmm", build_model("pointnet", width=0.125), J=3).collate(items)
+
+
 def test_supervised_method_is_cross_entropy_on_the_global_feature(shapes):
     torch.manual_seed(0)
     m = build_method("supervised", build_model("pointnet", width=0.125), num_classes=4).eval()

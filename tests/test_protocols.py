@@ -112,3 +112,107 @@ def test_trivial_partseg_baselines_match_a_hand_computed_case():
     assert maj == pytest.approx(100 * (1 / 8 + 1 / 6) / 2)
     uni = next(r["value"] for r in recs if r["method"] == "uniform random" and r["metric"] == "instance_miou")
     assert 0 <= uni <= 100 and {r["metric"] for r in recs} == {"instance_miou", "class_miou"}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Measured once per run: the record cache
+# ----------------------------------------------------------------------------------------------------------
+def _fresh_objects(seed=0):
+    classes = ["chair", "mug", "lamp"]
+    return D.ObjectDataset(6, 64, "train", classes=classes, seed=seed), D.ObjectDataset(3, 64, "test", classes=classes)
+
+
+def test_cache_returns_what_a_rerun_measures_and_counts_hits(tmp_path):
+    from ssl3d.report import write_records
+
+    train, test = _fresh_objects()
+    cache = PR.RecordCache()
+    first = PR.finetune_classification(net(), train, test, budget=1, seed=0, method="a", settings=TINY, cache=cache)
+    assert (cache.hits, cache.misses) == (1 - 1, 1) and first[0]["key"]
+    # an independent rerun (fresh network, freshly built datasets, no cache) measures the same number …
+    train2, test2 = _fresh_objects()
+    rerun = PR.finetune_classification(net(), train2, test2, budget=1, seed=0, method="b", settings=TINY)
+    assert rerun[0]["value"] == first[0]["value"] and rerun[0]["key"] == first[0]["key"]
+    # … which the cache returns without training, relabelled with the caller's method name
+    hit = PR.finetune_classification(net(), train2, test2, budget=1, seed=0, method="b", settings=TINY, cache=cache)
+    assert cache.hits == 1 and hit[0]["method"] == "b" and hit[0]["value"] == first[0]["value"]
+    # and so does a cache read back from the CSV the records were written to
+    path = write_records(first, tmp_path / "r.csv")
+    disk = PR.RecordCache.from_csv([path])
+    again = PR.finetune_classification(net(), train2, test2, budget=1, seed=0, method="c", settings=TINY, cache=disk)
+    assert (disk.hits, disk.misses) == (1, 0) and again[0]["value"] == pytest.approx(first[0]["value"])
+
+
+def test_cache_misses_when_anything_that_matters_changes():
+    train, test = _fresh_objects()
+    cache = PR.RecordCache()
+    PR.linear_probe(net(), train, test, budget=2, seed=0, Cs=(0.01, 1.0), cache=cache)
+    nudged = net()
+    with torch.no_grad():
+        next(nudged.parameters())[0].flatten()[0] += 1e-3  # one weight
+    other_data = _fresh_objects(seed=1)[0]  # another draw of the training shapes
+    variants = [dict(backbone=nudged), dict(train_set=other_data), dict(budget=1), dict(seed=1),
+                dict(Cs=(0.1, 1.0)), dict(folds=3)]
+    for change in variants:
+        args = dict(backbone=net(), train_set=train, test_set=test, budget=2, seed=0, Cs=(0.01, 1.0)) | change
+        PR.linear_probe(args.pop("backbone"), args.pop("train_set"), args.pop("test_set"), cache=cache, **args)
+    assert (cache.hits, cache.misses) == (0, 1 + len(variants))
+    PR.linear_probe(net(), *_fresh_objects(), budget=2, seed=0, Cs=(0.01, 1.0), cache=cache)
+    assert cache.hits == 1
+
+
+def test_describe_dataset_sees_transforms_and_wrapped_datasets():
+    from ssl3d.data import transforms as T
+
+    a = D.ObjectDataset(2, 32, "train", classes=["mug"])
+    b = D.ObjectDataset(2, 32, "train", classes=["mug"], transform=T.RandomScale(0.9, 1.1))
+    assert PR.describe_dataset(a) != PR.describe_dataset(b)
+    sub = torch.utils.data.Subset(a, [0])
+    assert PR.describe_dataset(sub)["dataset"] == PR.describe_dataset(a)
+    assert PR.describe_dataset(sub) != PR.describe_dataset(torch.utils.data.Subset(a, [1]))
+
+
+def test_cache_keeps_one_measurement_per_key_when_files_repeat_it(tmp_path):
+    """Notebook 05's CSV holds copies of records it reused from 04's: read together, each key counts once."""
+    train, test = _fresh_objects()
+    recs = PR.linear_probe(net(), train, test, budget=2, seed=0, Cs=(0.01, 1.0))
+    cache = PR.RecordCache([*recs, *[dict(r, method="copy") for r in recs]])
+    hit = PR.linear_probe(net(), train, test, budget=2, seed=0, Cs=(0.01, 1.0), cache=cache, method="m")
+    assert len(hit) == len(recs) == 2 and [r["metric"] for r in hit] == ["accuracy", "class_accuracy"]
+
+
+def test_probe_extracts_the_test_features_once_and_gives_the_same_numbers(monkeypatch):
+    from ssl3d.data import transforms as T
+
+    train, test = _fresh_objects()
+    backbone = net()
+    PR._FEATURES.clear()
+    first = PR.linear_probe(backbone, train, test, budget=2, seed=0, Cs=(0.01, 1.0))
+    calls = []
+    real = PR.extract_global_features
+    monkeypatch.setattr(PR, "extract_global_features", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    again = PR.linear_probe(backbone, train, test, budget=2, seed=0, Cs=(0.01, 1.0))
+    other = PR.linear_probe(backbone, train, test, budget=1, seed=0, Cs=(0.01, 1.0))
+    assert [r["value"] for r in again] == [r["value"] for r in first]
+    assert calls == [3 * 1], "second call: nothing extracted; budget 1: only its 3 training shapes"
+    PR.linear_probe(backbone, train, D.ObjectDataset(3, 64, "test", classes=["chair", "mug", "lamp"],
+                                                     transform=T.RandomScale(0.9, 1.1)), budget=1, seed=0)
+    PR.linear_probe(backbone, train, D.ObjectDataset(3, 64, "test", classes=["chair", "mug", "lamp"],
+                                                     transform=T.RandomScale(0.9, 1.1)), budget=1, seed=0)
+    assert calls.count(9) == 2, "an augmented dataset is extracted every time"
+    assert other[0]["n_labeled"] == 3
+
+
+def test_majority_class_baseline_is_the_one_class_predictor_scored_by_hand():
+    train = D.SceneDataset(n_rooms=2, points_per_room=2000, voxel_size=0.3, features="ones")
+    test = D.SceneDataset(n_rooms=1, points_per_room=2000, voxel_size=0.3, split="test", features="ones")
+    recs = PR.trivial_semseg_baselines(train, test, seeds=(0, 1))
+    assert [r["metric"] for r in recs] == ["miou", "accuracy"] * 2 and recs[0]["value"] == recs[2]["value"]
+    counts = np.bincount(np.concatenate([train[i]["semantic"].numpy() for i in range(2)]), minlength=12)
+    c = counts.argmax()
+    sem = test[0]["semantic"].numpy()
+    present = np.union1d(np.unique(sem), [c])  # classes in the target or the prediction
+    iou = [(sem == c).mean() if k == c else 0.0 for k in present]  # predicting c everywhere: IoU_c = share of c
+    assert recs[0]["class"] == train.class_names[c]
+    assert recs[1]["value"] == pytest.approx(100 * (sem == c).mean())
+    assert recs[0]["value"] == pytest.approx(100 * np.mean(iou), abs=1e-4)

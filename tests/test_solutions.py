@@ -136,3 +136,19 @@ def test_06_solutions():
         assert 0 <= r["constant_loss"] < r["untrained_loss"], "the constant already beats an untrained student"
     e3 = s.exercise_3(temp_targets=(1.0, 0.0625), iters=8, **small)
     assert all(1 <= e3[t]["codes_in_use"] <= 64 and np.isfinite(e3[t]["argmax_chamfer"]) for t in e3)
+
+
+def test_07_solutions():
+    s = load("07_transfer_benchmark")
+    e1 = s.exercise_1(num_group=8, group_size=16, embed_dim=32, encoder_dims=32, depth=1, num_heads=2,
+                      patch_dims=(16, 32, 32))
+    assert e1 == {"same_seed_same_digest": True, "parameters_unchanged": True, "digest_after_bn": True}
+    from ssl3d.protocols import summarize
+
+    recs = [{"method": m, "task": "scans", "protocol": "linear_svm", "budget": 1, "metric": "accuracy", "seed": k,
+             "value": v} for m, vals in (("ACT", (40.0, 43.0, 49.0)), ("GMM", (1.0, 2.0, 3.0))) for k, v in
+            enumerate(vals)]
+    m, sd, n = s.exercise_2(recs)
+    ref = [r for r in summarize(recs, by=("method",)) if r["method"] == "ACT"][0]
+    assert n == 3 and abs(m - 44.0) < 1e-12 and abs(m - ref["mean"]) < 1e-12 and abs(sd - ref["std"]) < 1e-12
+    assert abs(sd - float(np.std([40.0, 43.0, 49.0], ddof=1))) < 1e-12

@@ -19,6 +19,8 @@ __all__ = [
     "figure_path",
     "save_figure",
     "save_image",
+    "budget_curves",
+    "METHOD_COLORS",
     "label_colors",
     "pca_rgb",
     "render_points",
@@ -101,6 +103,33 @@ def pca_rgb(features, basis=None, lo=None, hi=None):
     rgb = np.full((len(x), 3), 0.5)
     rgb[:, : z.shape[1]] = channels
     return rgb, (basis, lo, hi)
+
+
+METHOD_COLORS = {"scratch": "#999999", "GMM": "#55a868", "ACT": "#c44e52", "PointContrast": "#4c72b0",
+                 "image-to-point": "#dd8452"}
+
+
+def budget_curves(ax, rows: list[dict], colors: dict | None = None):
+    """Metric against label budget on ``ax``: one line per method with ±std bars, budgets as ordered categories from
+    the smallest to 100 % (``rows``: :func:`ssl3d.protocols.summarize` output with regime, budget, method, mean, std).
+    """
+    from ssl3d.report import budget_columns, budget_label
+
+    cols = budget_columns(rows)
+    colors = {**METHOD_COLORS, **(colors or {})}
+    for k, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
+        pts = {(r["regime"], r["budget"]): r for r in rows if r["method"] == method}
+        xs = [i for i, c in enumerate(cols) if c in pts]
+        ax.errorbar(xs, [pts[cols[i]]["mean"] for i in xs], yerr=[pts[cols[i]]["std"] for i in xs], marker="o",
+                    ms=4, capsize=3, lw=1.5, label=method, color=colors.get(method, f"C{k}"))
+    ax.set_xticks(range(len(cols)))
+    ax.set_xticklabels([budget_label(*c) for c in cols], fontsize=8)
+    ax.set_xlabel("label budget")
+    metric = rows[0]["metric"] if rows else ""
+    ax.set_ylabel({"miou": "test mIoU [%]", "accuracy": "test accuracy [%]"}.get(metric, metric))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return ax
 
 
 def _pyvista():

@@ -24,12 +24,24 @@ finetune_semseg            semantic segmentation with limited labels (Hou et al.
 
 Label budgets for objects: an int = labelled shapes *per class*, a float in (0, 1] = a class-stratified fraction
 (records keep both the budget and the actual number of labelled shapes). Budgets nest for one seed.
+
+**A number is measured once per run.** Every record carries a ``key``: a digest of everything that determines its
+value — the protocol, the backbone's weights (:func:`weights_digest`), the training settings, both datasets
+(:func:`describe_dataset`), the budget, the seed and the protocol's other arguments — but not the method's display
+name. Pass ``cache=RecordCache(records)`` (e.g. the CSVs notebooks 03–06 wrote) and a protocol whose key is already
+there returns those records, relabelled, instead of training again; an unmatched key runs as usual. Notebook 07 uses
+this to reuse the fine-tunings of 04–06 without copying numbers by hand.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import json
 import math
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +63,8 @@ from ssl3d.models.heads import Classifier, Segmenter
 from ssl3d.train import make_optimizer, make_scheduler, train
 
 __all__ = ["TrainSettings", "linear_probe", "finetune_classification", "finetune_partseg", "finetune_semseg",
-           "summarize", "compare"]
+           "summarize", "compare", "RecordCache", "weights_digest", "describe_dataset", "trivial_partseg_baselines",
+           "trivial_semseg_baselines"]
 
 
 @dataclass
@@ -83,6 +96,105 @@ def _record(backbone, method: str, task: str, protocol: str, seed: int, metric: 
             **extra) -> dict:
     return {"method": method, "backbone": model_name(backbone), "task": task, "protocol": protocol, **extra,
             "seed": seed, "metric": metric, "value": float(value)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Measured once per run: record keys and the cache
+# ----------------------------------------------------------------------------------------------------------
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-1 (12 hex digits) of a network's state: every parameter and buffer — names, dtypes, shapes and bytes."""
+    h = hashlib.sha1()
+    for k, v in model.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:12]
+
+
+_PLAIN = (int, float, str, bool, type(None))
+
+
+def describe_dataset(dataset) -> dict:
+    """What a dataset is, as plain values: its class and public constructor state (sizes, seed, split, voxel size,
+    variant, …), its transform's ``repr``, and — for wrappers such as ``Subset`` — the dataset it wraps and the
+    indices it keeps. Caches (attributes starting with ``_``) and the augmentation epoch (which ``train`` sets at
+    every epoch) are left out."""
+    out = {"type": type(dataset).__name__}
+    for k, v in sorted(vars(dataset).items()):
+        if k.startswith("_") or k == "epoch":  # caches; the epoch is loop state that every training loop resets
+            continue
+        if isinstance(v, _PLAIN) or (isinstance(v, list | tuple) and all(isinstance(x, _PLAIN) for x in v)):
+            out[k] = v
+        elif isinstance(v, np.ndarray | torch.Tensor):
+            out[k] = hashlib.sha1(np.ascontiguousarray(np.asarray(v)).tobytes()).hexdigest()[:12]
+        elif isinstance(v, torch.utils.data.Dataset):
+            out[k] = describe_dataset(v)
+        elif k == "transform" or callable(v):
+            out[k] = repr(v)
+        elif isinstance(v, dict):
+            out[k] = hashlib.sha1(repr(sorted(v.items(), key=lambda kv: repr(kv[0]))).encode()).hexdigest()[:12]
+    return out
+
+
+def _key(protocol: str, backbone, train_set, test_set, settings, **args) -> str:
+    from ssl3d import sparse
+
+    what = {"protocol": protocol, "weights": weights_digest(backbone), "backbone": model_name(backbone),
+            "train": describe_dataset(train_set), "test": describe_dataset(test_set),
+            "settings": dataclasses.asdict(settings) if settings is not None else None,
+            "sparse_backend": sparse.get_backend() if backbone.kind == "sparse" else None,
+            "device": str(next(backbone.parameters()).device.type), **args}
+    return hashlib.sha1(json.dumps(what, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+
+
+class RecordCache:
+    """Records already measured in this run, found by their ``key`` (module docstring).
+
+        cache = RecordCache.from_csv(sorted(Path("results/smoke").glob("0[3-6]_*.csv")))
+        recs = finetune_semseg(net, train, test, regime="annotations", budget=20, seed=0, method="nce", cache=cache)
+        cache.hits, cache.misses          # how many protocol calls were reused / run
+
+    Records without a ``key`` (older CSVs) are ignored. New records are added as they are measured.
+    """
+
+    def __init__(self, records: Iterable[dict] = ()):
+        self._by_key: dict[str, list[dict]] = {}
+        self.hits = self.misses = 0
+        self.add(records)
+
+    @classmethod
+    def from_csv(cls, paths: Iterable) -> RecordCache:
+        from ssl3d.report import read_records
+
+        return cls(r for p in paths for r in read_records(p))
+
+    def add(self, records: Iterable[dict]) -> None:
+        """Add records; a key already present keeps its first measurement (a later file that reused it holds
+        copies of the same numbers, which must not count twice)."""
+        new: dict[str, dict[str, dict]] = {}  # key → metric → record
+        for r in records:
+            if r.get("key") and str(r["key"]) not in self._by_key:
+                new.setdefault(str(r["key"]), {}).setdefault(r["metric"], dict(r))
+        self._by_key.update({k: list(v.values()) for k, v in new.items()})
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def run(self, key: str, measure: Callable[[], list[dict]], **labels) -> list[dict]:
+        """The records of ``key``: from the cache (relabelled with ``labels``: method, task) or by ``measure()``."""
+        if key in self._by_key:
+            self.hits += 1
+            return [{**r, **labels} for r in self._by_key[key]]
+        self.misses += 1
+        records = measure()
+        self.add(records)
+        return records
+
+
+def _measured(cache: RecordCache | None, key: str, measure: Callable[[], list[dict]], **labels) -> list[dict]:
+    if cache is None:
+        return measure()
+    return cache.run(key, measure, **labels)
 
 
 def _labelled_subset(dataset, budget, seed: int) -> np.ndarray:
@@ -120,20 +232,55 @@ def _fresh_copy(backbone, seed: int):
 # ----------------------------------------------------------------------------------------------------------
 def linear_probe(backbone, train_set, test_set, *, method: str = "", task: str = "objects", seed: int = 0,
                  Cs=(1e-3, 1e-2, 1e-1, 1.0), folds: int = 5, val_fraction: float = 0.2, budget=1.0,
-                 batch_size: int = 64,
-                 voxel_size: float = 0.05) -> list[dict]:
+                 batch_size: int = 64, voxel_size: float = 0.05, cache: RecordCache | None = None) -> list[dict]:
     """Linear SVM on frozen global features (ModelNet40 protocol), C chosen on a validation split of the training
     features. Records: ``accuracy`` and ``class_accuracy`` (mean per-class accuracy), each with the chosen ``C``."""
+    key = _key("linear_svm", backbone, train_set, test_set, None, Cs=list(Cs), folds=folds, val_fraction=val_fraction,
+               budget=budget, seed=seed, voxel_size=voxel_size)
+    return _measured(cache, key, lambda: _linear_probe(backbone, train_set, test_set, method, task, seed, Cs, folds,
+                                                       val_fraction, budget, batch_size, voxel_size, key),
+                     method=method, task=task)
+
+
+_FEATURES: OrderedDict[str, torch.Tensor] = OrderedDict()  # the last frozen features extracted (an LRU of 16)
+
+
+def _has_transform(desc: dict) -> bool:
+    return any((k == "transform" and v not in (None, "None")) or (isinstance(v, dict) and _has_transform(v))
+               for k, v in desc.items())
+
+
+def _global_features(backbone, dataset, batch_size: int, voxel_size: float) -> torch.Tensor:
+    """Frozen global features of ``dataset``, extracted once per (weights, dataset, settings): a probe at several
+    budgets or C values extracts the test set's features once. Augmented datasets are never memoised."""
+    desc = describe_dataset(dataset)
+    key = hashlib.sha1(json.dumps([weights_digest(backbone), desc, batch_size, voxel_size,
+                                   str(next(backbone.parameters()).device)], sort_keys=True, default=repr)
+                       .encode()).hexdigest()
+    if key in _FEATURES:
+        _FEATURES.move_to_end(key)
+        return _FEATURES[key].clone()
+    x, _ = extract_global_features(backbone, dataset, batch_size, voxel_size=voxel_size)
+    if not _has_transform(desc):
+        _FEATURES[key] = x
+        while len(_FEATURES) > 16:
+            _FEATURES.popitem(last=False)
+        return x.clone()
+    return x
+
+
+def _linear_probe(backbone, train_set, test_set, method, task, seed, Cs, folds, val_fraction, budget, batch_size,
+                  voxel_size, key) -> list[dict]:
     idx = _labelled_subset(train_set, budget, seed)
-    xtr, _ = extract_global_features(backbone, Subset(train_set, idx), batch_size, voxel_size=voxel_size)
-    xte, _ = extract_global_features(backbone, test_set, batch_size, voxel_size=voxel_size)
+    xtr = _global_features(backbone, Subset(train_set, idx), batch_size, voxel_size)
+    xte = _global_features(backbone, test_set, batch_size, voxel_size)
     ytr, yte = np.asarray(train_set.labels)[idx], np.asarray(test_set.labels)
     # k-fold CV of C; with fewer labelled shapes per class than folds, as many folds as the rarest class allows
     # (one held-out split of val_fraction below 2)
     k = min(folds, int(np.unique(ytr, return_counts=True)[1].min()))
     C, val_scores = select_svm_C(xtr, ytr, Cs, val_fraction, seed, folds=k if k >= 2 else 1)
     res = linear_svm_probe(xtr, ytr, xte, yte, C=C, seed=seed)
-    extra = {**_budget_fields(budget, idx, len(train_set)), "C": C}
+    extra = {**_budget_fields(budget, idx, len(train_set)), "C": C, "key": key}
     return [_record(backbone, method, task, "linear_svm", seed, "accuracy", 100 * res.accuracy, **extra),
             _record(backbone, method, task, "linear_svm", seed, "class_accuracy", 100 * res.mean_class_accuracy,
                     **extra)]
@@ -146,9 +293,15 @@ def _loader(dataset, batch_size: int, seed: int, collate, shuffle: bool = True) 
 
 def finetune_classification(backbone, train_set, test_set, *, budget=1.0, seed: int = 0, method: str = "",
                             task: str = "objects", settings: TrainSettings | None = None,
-                            dropout: float = 0.0) -> list[dict]:
+                            dropout: float = 0.0, cache: RecordCache | None = None) -> list[dict]:
     """Fine-tune backbone + linear classifier on the labelled subset; record test ``accuracy``."""
     st = settings or TrainSettings()
+    key = _key("finetune", backbone, train_set, test_set, st, budget=budget, seed=seed, dropout=dropout)
+    return _measured(cache, key, lambda: _finetune_classification(backbone, train_set, test_set, budget, seed, method,
+                                                                  task, st, dropout, key), method=method, task=task)
+
+
+def _finetune_classification(backbone, train_set, test_set, budget, seed, method, task, st, dropout, key):
     idx = _labelled_subset(train_set, budget, seed)
     collate = D.collate_for(backbone, st.voxel_size)
     model = Classifier(_fresh_copy(backbone, seed), train_set.num_classes, dropout=dropout)
@@ -168,15 +321,22 @@ def finetune_classification(backbone, train_set, test_set, *, budget=1.0, seed: 
             correct += int((pred == b["label"]).sum())
             total += len(pred)
     return [_record(backbone, method, task, "finetune", seed, "accuracy", 100 * correct / total,
-                    **_budget_fields(budget, idx, len(train_set)))]
+                    **_budget_fields(budget, idx, len(train_set)), key=key)]
 
 
 def finetune_partseg(backbone, train_set, test_set, *, budget=1.0, seed: int = 0, method: str = "",
-                     task: str = "parts", settings: TrainSettings | None = None) -> list[dict]:
+                     task: str = "parts", settings: TrainSettings | None = None,
+                     cache: RecordCache | None = None) -> list[dict]:
     """Fine-tune backbone + part head on labelled shapes; ShapeNetPart mIoU (argmax over the parts of the shape's
     known category). Records ``instance_miou`` and ``class_miou``. Works on point and sparse backbones (the
     latter predict per voxel; predictions go back to the points through ``inverse``)."""
     st = settings or TrainSettings()
+    key = _key("finetune_partseg", backbone, train_set, test_set, st, budget=budget, seed=seed)
+    return _measured(cache, key, lambda: _finetune_partseg(backbone, train_set, test_set, budget, seed, method, task,
+                                                           st, key), method=method, task=task)
+
+
+def _finetune_partseg(backbone, train_set, test_set, budget, seed, method, task, st, key):
     part_ranges, num_parts = train_set.part_ranges, train_set.num_parts
     idx = _labelled_subset(train_set, budget, seed)
     collate = D.collate_for(backbone, st.voxel_size)
@@ -202,7 +362,7 @@ def finetune_partseg(backbone, train_set, test_set, *, budget=1.0, seed: int = 0
             targets.append(b["part"])
             cats.append(b["label"])
     res = part_miou(torch.cat(preds), torch.cat(targets), part_ranges, torch.cat(cats))
-    extra = _budget_fields(budget, idx, len(train_set))
+    extra = {**_budget_fields(budget, idx, len(train_set)), "key": key}
     return [_record(backbone, method, task, "finetune_partseg", seed, "instance_miou", 100 * res.instance_miou,
                     **extra),
             _record(backbone, method, task, "finetune_partseg", seed, "class_miou", 100 * res.class_miou, **extra)]
@@ -240,18 +400,61 @@ def trivial_partseg_baselines(train_set, test_set, *, budget=1.0, seed: int = 0,
 # ----------------------------------------------------------------------------------------------------------
 # Scenes
 # ----------------------------------------------------------------------------------------------------------
+def trivial_semseg_baselines(train_set, test_set, *, seeds=(0,), task: str = "scenes",
+                             ignore_index: int = -100) -> list[dict]:
+    """What scene mIoU costs nothing: the most frequent class of the training points predicted at every test point
+    (``majority class``), scored like :func:`finetune_semseg` (one confusion matrix over the test points). A
+    fine-tuned network at this level predicts one class everywhere. Deterministic; one record pair per seed so that
+    it sits in tables beside the seeded rows (regime ``"full"``: it reads every training label)."""
+    from ssl3d.evaluate import confusion_matrix, iou_from_confusion
+
+    k = train_set.num_classes
+    counts = torch.zeros(k, dtype=torch.long)
+    for i in range(len(train_set)):
+        sem = torch.as_tensor(train_set[i]["semantic"]).reshape(-1)
+        counts += torch.bincount(sem[sem != ignore_index], minlength=k)[:k]
+    majority = int(counts.argmax())
+    cm = torch.zeros(k, k, dtype=torch.long)
+    for i in range(len(test_set)):
+        sem = torch.as_tensor(test_set[i]["semantic"]).reshape(-1)
+        cm += confusion_matrix(torch.full_like(sem, majority), sem, k, ignore_index)
+    _, miou = iou_from_confusion(cm)
+    acc = cm.diag().sum().item() / max(cm.sum().item(), 1)
+    common = {"method": "majority class", "backbone": "none", "task": task, "protocol": "finetune_semseg",
+              "regime": "full", "budget": 1.0, "class": train_set.class_names[majority]
+              if hasattr(train_set, "class_names") else majority}
+    return [{**common, "seed": s, "metric": m, "value": 100 * float(v)} for s in seeds
+            for m, v in (("miou", miou), ("accuracy", acc))]
+
+
 def finetune_semseg(backbone, train_set, test_set, *, regime: str = "full", budget=None, seed: int = 0,
                     method: str = "", task: str = "scenes", settings: TrainSettings | None = None,
-                    ignore_index: int = -100, checkpoint=None, return_model: bool = False):
+                    ignore_index: int = -100, checkpoint=None, return_model: bool = False,
+                    cache: RecordCache | None = None):
     """Semantic segmentation fine-tuning with limited labels; records test ``miou`` (and ``accuracy``).
     ``return_model=True`` returns (records, the trained Segmenter, its training history); ``checkpoint`` makes the
-    run resumable (``ssl3d.train.train``).
+    run resumable (``ssl3d.train.train``); ``cache`` reuses records already measured (not with ``return_model``).
 
     regime ``"reconstructions"``: ``budget`` = fraction of the training scenes (:func:`~ssl3d.data.datasets.
     scene_subset`); ``"annotations"``: ``budget`` = labelled points per scene (:func:`~ssl3d.data.datasets.
     annotation_subset`); ``"full"``: every label (``budget`` ignored).
     """
     st = settings or TrainSettings(batch_size=2, optimizer="sgd", lr=0.1, scheduler="poly")
+    if return_model and cache is not None:
+        raise ValueError("finetune_semseg: a cached record has no model to return; pass cache=None with "
+                         "return_model=True")
+    key = _key("finetune_semseg", backbone, train_set, test_set, st, regime=regime,
+               budget=None if regime == "full" else budget, seed=seed, ignore_index=ignore_index)
+    if cache is not None:
+        return cache.run(key, lambda: _finetune_semseg(backbone, train_set, test_set, regime, budget, seed, method,
+                                                       task, st, ignore_index, checkpoint, False, key),
+                         method=method, task=task)
+    return _finetune_semseg(backbone, train_set, test_set, regime, budget, seed, method, task, st, ignore_index,
+                            checkpoint, return_model, key)
+
+
+def _finetune_semseg(backbone, train_set, test_set, regime, budget, seed, method, task, st, ignore_index, checkpoint,
+                     return_model, key):
     if regime == "reconstructions":
         idx = D.scene_subset(len(train_set), float(budget), seed)
         labelled, extra = Subset(train_set, idx), {"n_scenes": int(len(idx))}
@@ -275,7 +478,7 @@ def finetune_semseg(backbone, train_set, test_set, *, regime: str = "full", budg
     loader = _loader(labelled, st.batch_size, seed, D.collate_scenes)
     history = st.run(model, loader, step, f"semseg {method or 'scratch'} {regime} {budget}", checkpoint)
     res = evaluate_semseg(model, test_set, num_classes, ignore_index)
-    common = {"regime": regime, "budget": budget, **extra}
+    common = {"regime": regime, "budget": budget, **extra, "key": key}
     records = [_record(backbone, method, task, "finetune_semseg", seed, "miou", 100 * res.miou, **common),
                _record(backbone, method, task, "finetune_semseg", seed, "accuracy", 100 * res.accuracy, **common)]
     return (records, model, history) if return_model else records

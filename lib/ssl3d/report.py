@@ -20,7 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["write_records", "read_records", "markdown_table", "machine", "update_readme", "main"]
+__all__ = ["write_records", "read_records", "markdown_table", "budget_label", "budget_columns", "HEADLINE", "machine",
+           "update_readme", "main"]
 
 BEGIN, END = "<!-- transfer-table:begin -->", "<!-- transfer-table:end -->"
 COLUMNS = ("method", "backbone", "task", "protocol", "regime", "budget", "n_labeled", "label_fraction", "seed",
@@ -99,34 +100,61 @@ def _commit() -> str:
         return "unknown"
 
 
-def markdown_table(records: list[dict], profile: str, source: str = "", metric_names: dict | None = None) -> str:
-    """One row per (task, protocol, regime, metric, method), one column per budget: "mean ± std" over seeds. The
-    header line states the profile, the commit, the machine and the number of seeds."""
-    from ssl3d.protocols import summarize
+# the number each protocol is judged by in tables (the CSV keeps every metric)
+HEADLINE = {"linear_svm": "accuracy", "finetune": "accuracy", "finetune_partseg": "instance_miou",
+            "finetune_semseg": "miou"}
+_ORDER = {"shapes_per_class": 0, "annotations": 0, "reconstructions": 1, "fraction": 2, "full": 3}
 
-    rows = summarize(records, by=("task", "protocol", "regime", "metric", "method", "budget"))
-    budgets: dict[tuple, list] = {}
-    for r in rows:
-        budgets.setdefault((r["task"], r["protocol"], r["regime"], r["metric"]), [])
-        key = (r["task"], r["protocol"], r["regime"], r["metric"])
-        if r["budget"] not in budgets[key]:
-            budgets[key].append(r["budget"])
+
+def budget_label(regime, budget) -> str:
+    """A column heading for a label budget: "1/class", "25 %", "20 pts/room", "25 % rooms", "100 %"."""
+    if regime == "full":
+        return "100 %"
+    if regime == "shapes_per_class":
+        return f"{budget}/class"
+    if regime == "annotations":
+        return f"{budget} pts/room"
+    if regime == "reconstructions":
+        return f"{100 * float(budget):g} % rooms"
+    if regime == "fraction":
+        return f"{100 * float(budget):g} %"
+    return f"{regime or ''} {budget}".strip()
+
+
+def budget_columns(rows: list[dict]) -> list[tuple]:
+    """The (regime, budget) columns of one table, from the smallest budget to every label."""
+    cols = list(dict.fromkeys((r["regime"], r["budget"]) for r in rows))
+    return sorted(cols, key=lambda c: (_ORDER.get(c[0], 1), float(c[1]) if c[1] is not None else 0.0))
+
+
+def markdown_table(records: list[dict], profile: str, source: str = "", metric_names: dict | None = None,
+                   metrics: dict | None = None) -> str:
+    """One table per (task, protocol) with its headline metric (:data:`HEADLINE`, or ``metrics``), one row per
+    method, one column per label budget from the smallest to 100 % ("mean ± std" over seeds; every regime of the
+    task and protocol side by side). The header line states the profile, the commit, the machine and the seeds."""
+    from ssl3d.evaluate import mean_std
+
+    headline = {**HEADLINE, **(metrics or {})}
+    groups: dict[tuple, list[float]] = {}  # (task, protocol, regime, budget, metric, method) → values over seeds
+    for r in records:
+        if r["metric"] == headline.get(r["protocol"], r["metric"]):
+            key = tuple(r.get(k) for k in ("task", "protocol", "regime", "budget", "metric", "method"))
+            groups.setdefault(key, []).append(r["value"])
+    rows = [dict(zip(("task", "protocol", "regime", "budget", "metric", "method"), k), text=mean_std(v)[2])
+            for k, v in groups.items()]
     seeds = sorted({r.get("seed") for r in records})
     out = [f"Profile `{profile}`, commit `{_commit()}`, {machine()}; mean ± std over {len(seeds)} seeds"
            + (f"; generated from `{source}` by `python -m ssl3d.report`" if source else "") + ".", ""]
-    for key, bud in budgets.items():
-        task, protocol, regime, metric = key
+    for task, protocol in dict.fromkeys((r["task"], r["protocol"]) for r in rows):
+        part = [r for r in rows if (r["task"], r["protocol"]) == (task, protocol)]
+        cols = budget_columns(part)
+        metric = part[0]["metric"]
         name = (metric_names or {}).get(metric, metric)
-        out += [f"**{task} · {protocol} · {regime or 'all labels'} · {name}**", "",
-                "| method | " + " | ".join(str(b) for b in bud) + " |", "|---|" + "---|" * len(bud)]
-        for method in dict.fromkeys(r["method"] for r in rows if (r["task"], r["protocol"], r["regime"],
-                                                                   r["metric"]) == key):
-            cells = []
-            for b in bud:
-                hit = [r for r in rows if (r["task"], r["protocol"], r["regime"], r["metric"], r["method"],
-                                           r["budget"]) == (*key, method, b)]
-                cells.append(hit[0]["text"] if hit else "—")
-            out.append(f"| {method} | " + " | ".join(cells) + " |")
+        cell = {(r["method"], r["regime"], r["budget"]): r["text"] for r in part}
+        out += [f"**{task} · {protocol} · {name}**", "",
+                "| method | " + " | ".join(budget_label(*c) for c in cols) + " |", "|---|" + "---|" * len(cols)]
+        for method in dict.fromkeys(r["method"] for r in part):
+            out.append(f"| {method} | " + " | ".join(cell.get((method, *c), "—") for c in cols) + " |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 

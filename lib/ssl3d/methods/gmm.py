@@ -6,7 +6,9 @@
 The maths (soft partition → mixture in closed form → NLL) is :mod:`ssl3d.gmm`. This file only connects a backbone,
 a J-way per-site head and that loss. On a sparse backbone the mixture's "points" are the voxel centres; shapes have
 different numbers of voxels, so the batch is padded to (B, M_max, ·) with a validity mask and the whole batch goes
-through ``gmm_nll`` at once (no Python loop over shapes).
+through ``gmm_nll`` at once (no Python loop over shapes). Items that are already voxelized (the scene datasets:
+``coords`` without ``points`` per voxel) are batched by ``collate_scenes``; each room is then one mixture over its
+voxel centres ``(coords + ½)·voxel_size`` (metres).
 
 Metrics logged with the loss: ``effective_components`` = exp(H(π)), the perplexity of the mixing weights (how many
 components a shape really uses; J when all are equal), averaged over the batch.
@@ -19,7 +21,7 @@ from collections.abc import Mapping
 import torch
 
 from ssl3d import gmm
-from ssl3d.data.datasets import collate_for
+from ssl3d.data.datasets import collate_for, collate_scenes
 from ssl3d.geometry import pad_batch
 from ssl3d.methods import register_method
 from ssl3d.methods.base import Method
@@ -62,6 +64,10 @@ class GMMPretraining(Method):
         self.head = SegHead.for_backbone(backbone, J, **(head or {}))
 
     def collate(self, items: list[dict]) -> dict:
+        if "coords" in items[0]:  # voxelized scenes
+            if self.backbone.kind != "sparse":
+                raise ValueError("GMMPretraining: voxelized scene items need a sparse backbone")
+            return collate_scenes(items)
         return collate_for(self.backbone, self.voxel_size)(items)
 
     def logits_and_points(self, batch: Mapping):
@@ -71,7 +77,8 @@ class GMMPretraining(Method):
         if self.backbone.kind == "point":
             return logits, batch["points"].to(dev), None
         b = batch["coords"][:, 0].to(dev)  # (ΣM,) shape of each voxel
-        pts, mask = pad_batch(batch["centers"].to(dev, logits.dtype), b)  # (B, M_max, 3), (B, M_max)
+        centers = batch["centers"] if "centers" in batch else (batch["coords"][:, 1:] + 0.5) * self.voxel_size
+        pts, mask = pad_batch(centers.to(dev, logits.dtype), b)  # (B, M_max, 3), (B, M_max)
         return pad_batch(logits, b)[0], pts, mask
 
     def forward(self, batch: Mapping) -> dict[str, torch.Tensor]:
