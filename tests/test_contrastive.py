@@ -393,3 +393,27 @@ def test_errors(gen):
         C.pixel_info_nce(torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3), [torch.zeros(0, 2, dtype=torch.long)])
     with pytest.raises(ValueError, match="list of 2"):
         C.pixel_info_nce(torch.randn(2, 2, 3, 3), torch.randn(2, 2, 3, 3), [torch.zeros(1, 2, dtype=torch.long)])
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_hardest_contrastive_gradients_are_bit_identical_from_run_to_run(normalize):
+    """Hardest negatives repeat (many anchors pick the same candidate): the gathers' backward must add those rows in
+    a fixed order. Advanced indexing (index_put_ with accumulate) did not on the CPU; index_select does."""
+    torch.manual_seed(0)
+    f0, f1 = torch.randn(3000, 32), torch.randn(3000, 32)
+    m = torch.stack([torch.randint(0, 3000, (5000,)), torch.randint(0, 3000, (5000,))], 1)
+
+    def grads():
+        a, b = f0.clone().requires_grad_(), f1.clone().requires_grad_()
+        loss = C.hardest_contrastive(a, b, m, num_pos=1024, num_hn=256, normalize=normalize,
+                                      generator=torch.Generator().manual_seed(1))
+        loss.backward()
+        return a.grad, b.grad
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the order of a parallel accumulation is what varies: this module runs on one thread
+    try:
+        runs = [grads() for _ in range(6)]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(ga, runs[0][0]) and torch.equal(gb, runs[0][1]) for ga, gb in runs)

@@ -422,7 +422,7 @@ def _hardest(anchor: torch.Tensor, cand: torch.Tensor) -> tuple[torch.Tensor, to
     with torch.no_grad():
         score = torch.addmm((cand * cand).sum(1).unsqueeze(0), anchor, cand.t(), alpha=-2)  # (n, m)
         idx = score.argmin(1)  # (n,)
-    diff = anchor - cand[idx]  # (n, C)
+    diff = anchor - cand.index_select(0, idx)  # (n, C); index_select: deterministic backward (see below)
     return idx, torch.sqrt((diff * diff).sum(1) + PDIST_EPS)  # (n,), (n,)
 
 
@@ -493,11 +493,15 @@ def hardest_contrastive(f0: torch.Tensor, f1: torch.Tensor, matches, pos_margin:
         # normalise only the rows the loss touches: same values and gradients as normalising all N rows first
         rows0 = torch.cat([i, sel0])
         rows1 = torch.cat([j, sel1])
-        g0, g1 = F.normalize(f0[rows0], dim=1), F.normalize(f1[rows1], dim=1)  # (n + m0, C), (n + m1, C)
+        # index_select, not f0[rows0]: the backward of advanced indexing (index_put_ with accumulate) adds repeated
+        # rows in a thread-dependent order on the CPU, so runs were not bit-identical; index_add_ is
+        g0 = F.normalize(f0.index_select(0, rows0), dim=1)  # (n + m0, C)
+        g1 = F.normalize(f1.index_select(0, rows1), dim=1)  # (n + m1, C)
         pos_f0, cand_f0 = g0[: len(i)], g0[len(i):]  # (n, C), (m0, C)
         pos_f1, cand_f1 = g1[: len(j)], g1[len(j):]  # (n, C), (m1, C)
     else:
-        pos_f0, cand_f0, pos_f1, cand_f1 = f0[i], f0[sel0], f1[j], f1[sel1]
+        pos_f0, cand_f0 = f0.index_select(0, i), f0.index_select(0, sel0)
+        pos_f1, cand_f1 = f1.index_select(0, j), f1.index_select(0, sel1)
     for x, what in ((pos_f0, "view-0 features"), (pos_f1, "view-1 features"), (cand_f0, "view-0 candidate features"),
                     (cand_f1, "view-1 candidate features")):
         _check_finite(x, what)
