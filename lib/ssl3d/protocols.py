@@ -114,6 +114,12 @@ def weights_digest(model: torch.nn.Module) -> str:
 _PLAIN = (int, float, str, bool, type(None))
 
 
+def _digest(obj, n: int = 12) -> str:
+    """SHA-1 (n hex digits) of a value: bytes as they are, anything else as sorted JSON (``repr`` for the rest)."""
+    data = obj if isinstance(obj, bytes) else json.dumps(obj, sort_keys=True, default=repr).encode()
+    return hashlib.sha1(data).hexdigest()[:n]
+
+
 def describe_dataset(dataset) -> dict:
     """What a dataset is, as plain values: its class and public constructor state (sizes, seed, split, voxel size,
     variant, …), its transform's ``repr``, and — for wrappers such as ``Subset`` — the dataset it wraps and the
@@ -126,13 +132,13 @@ def describe_dataset(dataset) -> dict:
         if isinstance(v, _PLAIN) or (isinstance(v, list | tuple) and all(isinstance(x, _PLAIN) for x in v)):
             out[k] = v
         elif isinstance(v, np.ndarray | torch.Tensor):
-            out[k] = hashlib.sha1(np.ascontiguousarray(np.asarray(v)).tobytes()).hexdigest()[:12]
+            out[k] = _digest(np.ascontiguousarray(np.asarray(v)).tobytes())
         elif isinstance(v, torch.utils.data.Dataset):
             out[k] = describe_dataset(v)
         elif k == "transform" or callable(v):
             out[k] = repr(v)
         elif isinstance(v, dict):
-            out[k] = hashlib.sha1(repr(sorted(v.items(), key=lambda kv: repr(kv[0]))).encode()).hexdigest()[:12]
+            out[k] = _digest(repr(sorted(v.items(), key=lambda kv: repr(kv[0]))).encode())
     return out
 
 
@@ -144,7 +150,7 @@ def _key(protocol: str, backbone, train_set, test_set, settings, **args) -> str:
             "settings": dataclasses.asdict(settings) if settings is not None else None,
             "sparse_backend": sparse.get_backend() if backbone.kind == "sparse" else None,
             "device": str(next(backbone.parameters()).device.type), **args}
-    return hashlib.sha1(json.dumps(what, sort_keys=True, default=repr).encode()).hexdigest()[:16]
+    return _digest(what, 16)
 
 
 class RecordCache:
@@ -254,9 +260,8 @@ def _global_features(backbone, dataset, batch_size: int, voxel_size: float) -> t
     """Frozen global features of ``dataset``, extracted once per (weights, dataset, settings): a probe at several
     budgets or C values extracts the test set's features once. Augmented datasets are never memoised."""
     desc = describe_dataset(dataset)
-    key = hashlib.sha1(json.dumps([weights_digest(backbone), desc, batch_size, voxel_size,
-                                   str(next(backbone.parameters()).device)], sort_keys=True, default=repr)
-                       .encode()).hexdigest()
+    key = _digest([weights_digest(backbone), desc, batch_size, voxel_size, str(next(backbone.parameters()).device)],
+                  40)
     if key in _FEATURES:
         _FEATURES.move_to_end(key)
         return _FEATURES[key].clone()
@@ -445,12 +450,12 @@ def finetune_semseg(backbone, train_set, test_set, *, regime: str = "full", budg
                          "return_model=True")
     key = _key("finetune_semseg", backbone, train_set, test_set, st, regime=regime,
                budget=None if regime == "full" else budget, seed=seed, ignore_index=ignore_index)
-    if cache is not None:
-        return cache.run(key, lambda: _finetune_semseg(backbone, train_set, test_set, regime, budget, seed, method,
-                                                       task, st, ignore_index, checkpoint, False, key),
-                         method=method, task=task)
-    return _finetune_semseg(backbone, train_set, test_set, regime, budget, seed, method, task, st, ignore_index,
-                            checkpoint, return_model, key)
+    if return_model:
+        return _finetune_semseg(backbone, train_set, test_set, regime, budget, seed, method, task, st, ignore_index,
+                                checkpoint, True, key)
+    return _measured(cache, key, lambda: _finetune_semseg(backbone, train_set, test_set, regime, budget, seed, method,
+                                                          task, st, ignore_index, checkpoint, False, key),
+                     method=method, task=task)
 
 
 def _finetune_semseg(backbone, train_set, test_set, regime, budget, seed, method, task, st, ignore_index, checkpoint,
