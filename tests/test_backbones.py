@@ -100,3 +100,29 @@ def test_heads_reset_on_the_backbones_device_and_dtype(name):
     batch = object_batch(seg.backbone)
     batch = {k: (v.double() if v.is_floating_point() else v) for k, v in batch.items()}
     assert clf.eval()(batch).shape == (3, 6)
+
+
+def test_a_sparse_unets_task_head_replaces_its_output_layer():
+    """PointContrast's fine-tuning loads every pre-trained weight whose shape matches, so the final 1×1 conv (→ 32-d
+    features) starts afresh with one output per class. ssl3d's Segmenter does the same: on a sparse U-Net the head is
+    one Linear on the last decoder block, the output layer takes no part (no gradient), and the logits equal that
+    Linear applied to ``decode`` computed by hand."""
+    from ssl3d import sparse as sp
+
+    net = small("res16unet14tiny")
+    net.normalize_feature = True  # a PointContrast-pre-trained network: L2-normalised 8-d outputs
+    seg = Segmenter(net, 5).train()
+    decoder_width = net.PLANES[7] * net.BLOCK.expansion
+    assert seg.head.out.in_features == decoder_width != net.feat_dim
+    batch = object_batch(net)
+    logits = seg(batch)
+    dec = net.decode(sp.SparseTensor(batch["coords"], torch.ones(len(batch["coords"]), 1))).feats
+    torch.testing.assert_close(logits, dec @ seg.head.out.weight.T + seg.head.out.bias)
+    logits.square().sum().backward()
+    assert all(p.grad is None for p in net.final.parameters())
+    assert all(p.grad is not None for n, p in net.named_parameters() if not n.startswith("final."))
+    # the pre-training features themselves are unchanged: encode()["feats"] is still the normalised output layer
+    feats = net.encode(batch)["feats"]
+    torch.testing.assert_close(feats.norm(dim=1), torch.ones(len(feats)))
+    # and the old behaviour stays one override away
+    assert Segmenter(net, 5, input="feats").head.out.in_features == net.feat_dim

@@ -103,7 +103,9 @@ def wrap(method: nn.Module, info: DistInfo, sync_bn: bool = True) -> nn.Module:
     if sync_bn:
         method = sync_batchnorm(method, info.device)
     ids = [info.device.index] if info.device.type == "cuda" else None
-    ddp = nn.parallel.DistributedDataParallel(method, device_ids=ids, find_unused_parameters=False)
+    # a head on a sparse U-Net's last decoder block leaves the backbone's output layer without gradients
+    unused = getattr(method, "head_input", "feats") != "feats"
+    ddp = nn.parallel.DistributedDataParallel(method, device_ids=ids, find_unused_parameters=unused)
     ddp.collate = method.collate  # the loader asks the wrapper for the method's collate
     ddp.name = method.name
     return ddp

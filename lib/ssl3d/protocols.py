@@ -59,7 +59,7 @@ from ssl3d.evaluate import (
     select_svm_C,
 )
 from ssl3d.models import model_name
-from ssl3d.models.heads import Classifier, Segmenter
+from ssl3d.models.heads import Classifier, Segmenter, head_input
 from ssl3d.train import make_optimizer, make_scheduler, train
 
 __all__ = ["TrainSettings", "linear_probe", "finetune_classification", "finetune_partseg", "finetune_semseg",
@@ -336,7 +336,8 @@ def finetune_partseg(backbone, train_set, test_set, *, budget=1.0, seed: int = 0
     known category). Records ``instance_miou`` and ``class_miou``. Works on point and sparse backbones (the
     latter predict per voxel; predictions go back to the points through ``inverse``)."""
     st = settings or TrainSettings()
-    key = _key("finetune_partseg", backbone, train_set, test_set, st, budget=budget, seed=seed)
+    key = _key("finetune_partseg", backbone, train_set, test_set, st, budget=budget, seed=seed,
+               head=head_input(backbone))
     return _measured(cache, key, lambda: _finetune_partseg(backbone, train_set, test_set, budget, seed, method, task,
                                                            st, key), method=method, task=task)
 
@@ -440,6 +441,10 @@ def finetune_semseg(backbone, train_set, test_set, *, regime: str = "full", budg
     ``return_model=True`` returns (records, the trained Segmenter, its training history); ``checkpoint`` makes the
     run resumable (``ssl3d.train.train``); ``cache`` reuses records already measured (not with ``return_model``).
 
+    The fresh head reads what the backbone's ``head_spec`` names: on a sparse U-Net the last decoder block, so the
+    head *replaces* the pre-training output layer (the authors' fine-tuning loads every weight whose shape matches,
+    which re-initialises the final 1×1 conv with one output per class).
+
     regime ``"reconstructions"``: ``budget`` = fraction of the training scenes (:func:`~ssl3d.data.datasets.
     scene_subset`); ``"annotations"``: ``budget`` = labelled points per scene (:func:`~ssl3d.data.datasets.
     annotation_subset`); ``"full"``: every label (``budget`` ignored).
@@ -449,7 +454,8 @@ def finetune_semseg(backbone, train_set, test_set, *, regime: str = "full", budg
         raise ValueError("finetune_semseg: a cached record has no model to return; pass cache=None with "
                          "return_model=True")
     key = _key("finetune_semseg", backbone, train_set, test_set, st, regime=regime,
-               budget=None if regime == "full" else budget, seed=seed, ignore_index=ignore_index)
+               budget=None if regime == "full" else budget, seed=seed, ignore_index=ignore_index,
+               head=head_input(backbone))  # which features the fresh head reads (models.heads)
     if return_model:
         return _finetune_semseg(backbone, train_set, test_set, regime, budget, seed, method, task, st, ignore_index,
                                 checkpoint, True, key)

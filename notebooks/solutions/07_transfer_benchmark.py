@@ -44,7 +44,7 @@ def exercise_2(records: list[dict], method: str = "ACT", task: str = "scans", pr
 
 # Exercise 3 (no code): the object records are still found — their settings did not change. No scene record is:
 # `scene_finetune_steps` is part of the TrainSettings every scene key digests, so all 36 scene fine-tunings run
-# again, and the records of notebooks 04 and 05 (8 steps) no longer match.
+# again, and the records of notebooks 04 and 05 (24 steps) no longer match.
 
 if __name__ == "__main__":
     print(exercise_1(num_group=8, group_size=16, embed_dim=32, encoder_dims=32, depth=1, num_heads=2))

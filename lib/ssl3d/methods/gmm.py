@@ -25,7 +25,7 @@ from ssl3d.data.datasets import collate_for, collate_scenes
 from ssl3d.geometry import pad_batch
 from ssl3d.methods import register_method
 from ssl3d.methods.base import Method
-from ssl3d.models.heads import SegHead
+from ssl3d.models.heads import SegHead, head_input
 
 __all__ = ["GMMPretraining", "effective_components", "partition_stats"]
 
@@ -61,7 +61,11 @@ class GMMPretraining(Method):
         if cov not in gmm.COV_TYPES:
             raise ValueError(f"cov must be one of {gmm.COV_TYPES}, got {cov!r}")
         self.J, self.cov, self.eps, self.deepgmr_iso, self.voxel_size = J, cov, eps, deepgmr_iso, voxel_size
-        self.head = SegHead.for_backbone(backbone, J, **(head or {}))
+        # a pretext head reads the backbone's output features, as PointContrast's and image-to-point's do (only task
+        # heads replace a sparse U-Net's output layer: models.heads)
+        head = {"input": "feats", **(head or {})}
+        self.head = SegHead.for_backbone(backbone, J, **head)
+        self.head_input = head_input(backbone, **head)
 
     def collate(self, items: list[dict]) -> dict:
         if "coords" in items[0]:  # voxelized scenes
@@ -72,7 +76,7 @@ class GMMPretraining(Method):
 
     def logits_and_points(self, batch: Mapping):
         """(logits (B, N, J), points (B, N, 3), mask (B, N) or None) — the mixture's inputs for this batch."""
-        logits = self.head(self.backbone.encode(batch)["feats"])
+        logits = self.head(self.backbone.encode(batch)[self.head_input])
         dev = logits.device
         if self.backbone.kind == "point":
             return logits, batch["points"].to(dev), None
@@ -95,7 +99,7 @@ class GMMPretraining(Method):
         was = self.training
         self.eval()
         try:
-            return self.head(self.backbone.encode(batch)["feats"]).argmax(-1)
+            return self.head(self.backbone.encode(batch)[self.head_input]).argmax(-1)
         finally:
             self.train(was)
 

@@ -14,7 +14,10 @@ backbone. They call one method on a collated batch and read two entries of the r
     in_channels  input features per site *besides the coordinates* (``batch["feats"]``); 0 = geometry only
                  (a sparse network then sees a constant 1 per voxel, as PointContrast feeds it)
     feat_dim     width of ``feats``            global_dim   width of ``global_feats``
-    head_spec    the family's default per-site head (hidden widths, dropout, activation) — ``ssl3d.models.heads``
+    head_spec    the family's default per-site head (hidden widths, dropout, activation) — ``ssl3d.models.heads``;
+                 optionally ``input`` (the ``encode`` entry a fresh head reads, default ``"feats"``) and
+                 ``input_dim`` (its width). A sparse U-Net's head reads ``"decoder_feats"``, the last decoder block:
+                 a task head *replaces* the pre-training output layer, as the authors' fine-tuning code does
     config       the constructor's arguments, so ``ssl3d.models.load_backbone`` rebuilds a network from its
                  checkpoint alone (nanoGPT's habit)
 

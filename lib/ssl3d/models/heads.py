@@ -19,7 +19,7 @@ from torch import nn
 
 from ssl3d.models.base import Backbone, SharedMLP
 
-__all__ = ["SegHead", "Segmenter", "Classifier"]
+__all__ = ["SegHead", "Segmenter", "Classifier", "head_input"]
 
 
 def _like(module: nn.Module, backbone: nn.Module) -> nn.Module:
@@ -53,12 +53,17 @@ class SegHead(nn.Module):
         """The backbone family's default head (``backbone.head_spec``, keyword arguments overriding it), created on
         the backbone's device and dtype."""
         spec = {**backbone.head_spec, **overrides}
-        head = cls(backbone.feat_dim, num_outputs, spec.get("hidden", ()), spec.get("dropout", 0.0),
-                   spec.get("act", "relu"))
+        c_in = backbone.feat_dim if spec.get("input", "feats") == "feats" else spec["input_dim"]
+        head = cls(c_in, num_outputs, spec.get("hidden", ()), spec.get("dropout", 0.0), spec.get("act", "relu"))
         return _like(head, backbone)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.hidden(x))
+
+
+def head_input(backbone: Backbone, **overrides) -> str:
+    """The ``encode`` entry a per-site head reads: ``head_spec["input"]`` (overridable), ``"feats"`` by default."""
+    return {**backbone.head_spec, **overrides}.get("input", "feats")
 
 
 class Segmenter(nn.Module):
@@ -68,6 +73,7 @@ class Segmenter(nn.Module):
         super().__init__()
         self.backbone = backbone
         self._head_overrides = head_overrides
+        self.input = head_input(backbone, **head_overrides)
         self.head = SegHead.for_backbone(backbone, num_classes, **head_overrides)
 
     @property
@@ -75,7 +81,7 @@ class Segmenter(nn.Module):
         return self.head.num_outputs
 
     def forward(self, batch: Mapping) -> torch.Tensor:
-        return self.head(self.backbone.encode(batch)["feats"])
+        return self.head(self.backbone.encode(batch)[self.input])
 
     def reset_head(self, num_classes: int | None = None) -> None:
         """A freshly initialised head (``num_classes`` outputs, default: unchanged) on the backbone's device."""

@@ -144,6 +144,10 @@ class Res16UNetBase(Backbone):
                              f"and {out_channels}")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.feat_dim, self.global_dim = out_channels, 2 * out_channels
+        # a task head replaces the output layer (PointContrast's fine-tuning loads every weight whose shape matches,
+        # so its final 1×1 conv starts afresh with one output per class): it reads the last decoder block
+        self.head_spec = {"hidden": (), "dropout": 0.0, "act": "relu", "input": "decoder_feats",
+                          "input_dim": self.PLANES[7] * self.BLOCK.expansion}
         self.normalize_feature = normalize_feature
         block, exp, m = self.BLOCK, self.BLOCK.expansion, bn_momentum
         self.inplanes = self.INIT_DIM
@@ -185,7 +189,8 @@ class Res16UNetBase(Backbone):
         out = self.relu(getattr(self, f"bntr{4 + i}")(conv(x)))
         return getattr(self, f"block{5 + i}")(sp.cat(out, skip))
 
-    def forward(self, x: sp.SparseTensor) -> sp.SparseTensor:
+    def decode(self, x: sp.SparseTensor) -> sp.SparseTensor:
+        """The U-Net without its output layer: stride-1 input (M, C_in) → last decoder block (M, PLANES[7]·exp)."""
         if isinstance(x, sp.SparseTensor) and x.stride != 1:
             raise ValueError(f"Res16UNet expects a stride-1 input tensor, got stride {x.stride}")
         out_p1 = self.relu(self.bn0(self.conv0p1s1(x)))  # (M, INIT_DIM)         stride 1
@@ -196,15 +201,22 @@ class Res16UNetBase(Backbone):
         out = self._up(0, out, out_b3p8)  # (M₈, PLANES[4]·exp)
         out = self._up(1, out, out_b2p4)  # (M₄, PLANES[5]·exp)
         out = self._up(2, out, out_b1p2)  # (M₂, PLANES[6]·exp)
-        out = self._up(3, out, out_p1)  # (M, PLANES[7]·exp)
-        out = self.final(out)  # (M, out_channels)
+        return self._up(3, out, out_p1)  # (M, PLANES[7]·exp)
+
+    def output(self, dec: sp.SparseTensor) -> sp.SparseTensor:
+        """The pre-training output layer: final 1×1 conv (M, out_channels), L2-normalised if ``normalize_feature``."""
+        out = self.final(dec)  # (M, out_channels)
         if self.normalize_feature:
             out = out.replace(out.feats / out.feats.norm(dim=1, keepdim=True).clamp_min(1e-12))
         return out
 
+    def forward(self, x: sp.SparseTensor) -> sp.SparseTensor:
+        return self.output(self.decode(x))
+
     def encode(self, batch: Mapping) -> dict:
         """The backbone contract: ``batch["coords"]`` (ΣM, 4) (+ ``batch["feats"]``) → ``feats`` (ΣM, out_channels) in
-        the batch's row order, ``global_feats`` (B, 2 · out_channels), and the output ``sparse`` tensor itself."""
+        the batch's row order, ``global_feats`` (B, 2 · out_channels), the output ``sparse`` tensor itself, and
+        ``decoder_feats`` (ΣM, PLANES[7]·exp): the last decoder block, which a task head reads (``head_spec``)."""
         if "coords" not in batch:
             raise KeyError(f"{type(self).__name__} needs batch['coords'] (ΣM, 4) = (batch, x, y, z): voxelize with "
                            f"ssl3d.data.datasets.collate_voxels / collate_scenes; got keys {sorted(batch)}")
@@ -213,9 +225,10 @@ class Res16UNetBase(Backbone):
         feats = self._batch_feats(batch, len(coords))
         if feats is None:
             feats = torch.ones(len(coords), 1)  # geometry only: a constant per voxel
-        out = self(sp.SparseTensor(coords.to(dev), feats.to(dev, next(self.parameters()).dtype)))
+        dec = self.decode(sp.SparseTensor(coords.to(dev), feats.to(dev, next(self.parameters()).dtype)))
+        out = self.output(dec)
         glob = torch.cat([sp.global_max_pool(out), sp.global_avg_pool(out)], dim=1)  # (B, 2 · out_channels)
-        return {"feats": out.feats, "global_feats": glob, "sparse": out}
+        return {"feats": out.feats, "global_feats": glob, "sparse": out, "decoder_feats": dec.feats}
 
 
 @register("res16unet14")
