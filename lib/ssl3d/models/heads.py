@@ -7,7 +7,8 @@
 Both task models take a collated batch (``model(batch)``) and have :meth:`reset_head`, which swaps in a freshly
 initialised head *on the backbone's device and dtype* — fine-tuning starts from a pre-trained backbone and a new
 head. The default head of a backbone family is its ``head_spec`` (PointNet's 512-256-128 MLP, DGCNN's 256-256-128
-with dropout, a linear layer on a sparse U-Net's 32-d features).
+with dropout, a linear layer on a sparse U-Net's last decoder block — in place of its output layer, which
+pre-training shaped for its own loss; ``head_spec["input"]`` names the ``encode`` entry a head reads).
 """
 
 from __future__ import annotations
