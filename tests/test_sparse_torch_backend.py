@@ -17,6 +17,8 @@ from ssl3d.sparse import torch_ops
 from ssl3d.sparse.minkowski_ops import MinkowskiBackend
 from ssl3d.sparse.torch_ops import TorchBackend
 
+_dense_forward, _dense_backward = torch_ops._forward_dense, torch_ops._backward_dense  # before any monkeypatch
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread(one_thread):
@@ -185,7 +187,7 @@ def dense_run(op, x, kernel):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("blocks", ["one", "many"])
+@pytest.mark.parametrize("blocks", ["neighbour-matrix", "one", "many"])
 @pytest.mark.parametrize("table", [True, False], ids=["table", "searchsorted"])
 @pytest.mark.parametrize("order", ["shuffled", "sorted"])
 @pytest.mark.parametrize("op", [(3, 1, 1, False), (3, 1, 2, False), (5, 1, 3, False), (2, 1, 1, False),
@@ -194,9 +196,14 @@ def dense_run(op, x, kernel):
 def test_conv_paths_equal_dense(op, order, table, blocks, threads, gen, monkeypatch):
     if not table:
         monkeypatch.setattr(torch_ops.CoordMap, "DENSE_CELLS_PER_SITE", 0)
+    if blocks != "neighbour-matrix":  # the per-offset path of large maps
+        monkeypatch.setattr(torch_ops, "DENSE_MAX_ELEMENTS", 0)
     if blocks == "many":  # blocks of ≥ 4 output rows: dozens of blocks on this scene
         monkeypatch.setattr(torch_ops, "BLOCK_PAIRS", 16)
         monkeypatch.setattr(torch_ops, "MIN_BLOCK_ROWS", 4)
+    calls = []
+    monkeypatch.setattr(torch_ops, "_forward_dense", lambda *a: calls.append("forward") or _dense_forward(*a))
+    monkeypatch.setattr(torch_ops, "_backward_dense", lambda *a: calls.append("backward") or _dense_backward(*a))
     n = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -206,6 +213,7 @@ def test_conv_paths_equal_dense(op, order, table, blocks, threads, gen, monkeypa
         x, y, gx, gw = sparse_run(op, c, f, kernel)
     finally:
         torch.set_num_threads(n)
+    assert set(calls) == ({"forward", "backward"} if blocks == "neighbour-matrix" else set())  # the path under test
     grid, feats, w = dense_run(op, x, kernel)
     s_out = x.stride // op[1] if op[3] else op[1]
     out = read_dense(grid, y.coords, s_out)
@@ -218,6 +226,7 @@ def test_conv_paths_equal_dense(op, order, table, blocks, threads, gen, monkeypa
 def test_two_block_threads_are_deterministic_and_keep_the_thread_setting(gen, monkeypatch):
     """With 2 threads the blocks run on 2 Python threads (fixed split): the same result every time, equal to one
     thread's up to summation order, and torch's thread count is left as it was."""
+    monkeypatch.setattr(torch_ops, "DENSE_MAX_ELEMENTS", 0)
     monkeypatch.setattr(torch_ops, "BLOCK_PAIRS", 16)
     monkeypatch.setattr(torch_ops, "MIN_BLOCK_ROWS", 4)
     c = random_sites(gen, density=0.4)

@@ -10,7 +10,8 @@ A convolution needs, for every kernel offset o_k, the pairs (input row i, output
    computed from one input: coordinate sets per tensor stride, kernel maps per (s_in, s_out, kernel size,
    dilation). A map is built once per network forward and reused by every layer with the same key, by the
    transposed convolution that goes back (``.T``) and by the backward passes.
-4. :class:`GatherMatmulScatter` — the convolution and its gradients: gather → matmul → ``index_add_``.
+4. :class:`GatherMatmulScatter` — the convolution and its gradients: gather → matmul → ``index_add_`` per offset,
+   or, for small maps, one gather and one GEMM on the neighbour matrix.
 
 Measured choices (``benchmarks/sparse_conv.py``, 156 k-voxel room, 3×3×3 submanifold conv forward with cached maps,
 CPU time on 1 thread of a busy 2-core AMD EPYC; "fraction" = time of the per-offset GEMMs alone on operands already
@@ -34,14 +35,23 @@ gathered ÷ time of the whole convolution):
   are looked up, and the map is its own transpose (backward needs no second copy of the pairs).
 * **Dense look-up table** for kernel maps when the bounding box has at most ``DENSE_CELLS_PER_SITE`` cells per site
   (156 k-voxel room: 3×3×3 map 280 ms → 73 ms; binary search on sorted queries, the fallback: 171 ms).
+* **Neighbour matrix for small maps** (:meth:`KernelMap.neighbours`): when the (rows, K·C) matrix of every output's
+  K neighbours (zeros where one is missing) has at most ``DENSE_MAX_ELEMENTS`` entries, a convolution is one gather
+  and one GEMM with W reshaped to (K·C_in, C_out); backward is one GEMM for ∂W on the same matrix and one gather +
+  GEMM on the transposed map for ∂x — no scatter. It multiplies the missing neighbours by zero too (a 3×3×3 map on
+  surfaces has ~9–12 of 27), but on the smoke notebooks' clouds (a few thousand rows of 8–64 channels) the
+  per-offset path is op overhead: a Res16UNet14Tiny training step is 2.1× faster on a batch of 4 view-pair clouds
+  (8.5 k voxels) and 1.8× on 2 rooms at 10 cm (23 k voxels), ``benchmarks/sparse_small.py``. Larger limits
+  (16 M entries) were slower on the rooms; rooms at 2 cm and Res16UNet34C widths stay on the per-offset path.
 * Backward re-gathers x and ∂out per (block, offset) instead of saving the gathered (P, C) copies from forward:
   those copies would be Σ P·C_in floats — gigabytes for a Res16UNet34C on this room — against one extra gather.
 
 Measured and not kept: offset-major chunks through the same L2-sized buffers (fraction 0.47–0.60 / 0.66); one gather
 of all pairs of a block → per-offset GEMMs into one buffer → one ``index_add_`` (0.50–0.59 / 0.82); gathering the
 output rows, ``addmm`` into them and ``index_copy_`` back instead of ``index_add_`` (0.65–0.73 / 0.71); for small maps
-(≤ 5 k sites) one GEMM on a dense (sites, K·C_in) neighbour matrix instead of per-offset GEMMs (1.2–2× slower:
-wasted multiplications by missing neighbours). BatchNorm/ReLU fusion: not tried, they are ~5 % of a U-Net step.
+(≤ 5 k sites) one GEMM on a dense (sites, K·C_in) neighbour matrix instead of per-offset GEMMs, 32→32 forward
+alone (1.2–2× slower: wasted multiplications by missing neighbours; in whole training steps of the narrow smoke
+networks it is the faster path, see above). BatchNorm/ReLU fusion: not tried, they are ~5 % of a U-Net step.
 """
 
 from __future__ import annotations
@@ -195,6 +205,7 @@ class KernelMap:
         self.pairs = [(k, *_sorted_by_out(i, o)) for k, i, o in pairs]
         self.n_in, self.n_out, self.identity = n_in, n_out, identity
         self._blocks: dict[int, list] = {}
+        self._neighbours: dict[int, torch.Tensor] = {}
 
     @functools.cached_property
     def T(self) -> KernelMap:  # noqa: N802 — transpose, as in torch
@@ -222,6 +233,18 @@ class KernelMap:
                         blocks[j].append((k, i[a:b], o[a:b]))
             self._blocks[rows] = [blk for blk in blocks if blk]
         return self._blocks[rows]
+
+    def neighbours(self, num_offsets: int, device: torch.device) -> torch.Tensor:
+        """(n_out, K) int64: the input row paired with output row j at offset k, or n_in (a zero row appended to the
+        input) where there is none; the identity offset is the column arange(n_out). Cached per K."""
+        if num_offsets not in self._neighbours:
+            t = torch.full((self.n_out, num_offsets), self.n_in, dtype=torch.long, device=device)
+            for k, i, o in self.pairs:
+                t[o, k] = i
+            if self.identity is not None:
+                t[:, self.identity] = torch.arange(self.n_out, device=t.device)
+            self._neighbours[num_offsets] = t
+        return self._neighbours[num_offsets]
 
     def num_pairs(self) -> int:
         """Σ_k P_k, identity included: the number of multiply-adds per channel pair."""
@@ -293,6 +316,7 @@ class CoordManager:
 # ----------------------------------------------------------------------------------------------------------
 BLOCK_PAIRS = 48 * 1024  # pairs per block on the CPU (≈ 3 700 output rows of a 3×3×3 submanifold map on surfaces)
 MIN_BLOCK_ROWS = 256
+DENSE_MAX_ELEMENTS = 1 << 22  # small maps: one gather + one GEMM on the (rows, K·C) neighbour matrix (16 MiB float32)
 
 
 def _block_rows(t: torch.Tensor, kmap: KernelMap) -> int:
@@ -413,6 +437,35 @@ def _backward(grad_out: torch.Tensor, feats: torch.Tensor, kernel: torch.Tensor,
     return gx, gw
 
 
+def _dense(kernel: torch.Tensor, kmap: KernelMap) -> bool:
+    """Small maps take the neighbour-matrix path: both (rows, K·C) matrices have at most ``DENSE_MAX_ELEMENTS``."""
+    k, c_in, c_out = kernel.shape
+    return k * max(kmap.n_out * c_in, kmap.n_in * c_out) <= DENSE_MAX_ELEMENTS
+
+
+def _neighbour_matrix(x: torch.Tensor, kmap: KernelMap, num_offsets: int) -> torch.Tensor:
+    """(n_out, K·C): row j holds x at the K neighbours of output j, zeros where a neighbour is missing."""
+    padded = torch.cat([x, x.new_zeros(1, x.shape[1])])  # (n_in + 1, C): row n_in is the missing neighbour
+    return padded.index_select(0, kmap.neighbours(num_offsets, x.device).view(-1)).view(kmap.n_out, -1)
+
+
+def _forward_dense(feats: torch.Tensor, kernel: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+    """out (M_out, C_out) = [x at the K neighbours] (M_out, K·C_in) @ W (K·C_in, C_out): one gather, one GEMM."""
+    k, c_in, c_out = kernel.shape
+    return _neighbour_matrix(feats, kmap, k) @ kernel.reshape(k * c_in, c_out)
+
+
+def _backward_dense(grad_out, feats, kernel, kmap: KernelMap, need_x: bool, need_w: bool):
+    """∂W = [x at the neighbours]ᵀ @ ∂out; ∂x = [∂out at the neighbours of the transposed map] @ Wᵀ (K·C_out, C_in)."""
+    k, c_in, c_out = kernel.shape
+    gx = gw = None
+    if need_w:
+        gw = (_neighbour_matrix(feats, kmap, k).t() @ grad_out).view(k, c_in, c_out)
+    if need_x:
+        gx = _neighbour_matrix(grad_out, kmap.T, k) @ kernel.transpose(1, 2).reshape(k * c_out, c_in)
+    return gx, gw
+
+
 class GatherMatmulScatter(torch.autograd.Function):
     """out[j] = Σ_k Σ_{(i, j) ∈ pairs_k} x[i] · W[k]: (M_in, C_in), (K, C_in, C_out) → (M_out, C_out).
 
@@ -424,13 +477,14 @@ class GatherMatmulScatter(torch.autograd.Function):
     def forward(ctx, feats, kernel, kmap: KernelMap):
         ctx.save_for_backward(feats, kernel)
         ctx.kmap = kmap
-        return _forward(feats, kernel, kmap)
+        return (_forward_dense if _dense(kernel, kmap) else _forward)(feats, kernel, kmap)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         feats, kernel = ctx.saved_tensors
-        gx, gw = _backward(grad_out.contiguous(), feats, kernel, ctx.kmap, *ctx.needs_input_grad[:2])
+        backward = _backward_dense if _dense(kernel, ctx.kmap) else _backward
+        gx, gw = backward(grad_out.contiguous(), feats, kernel, ctx.kmap, *ctx.needs_input_grad[:2])
         return gx, gw, None
 
 
