@@ -7,6 +7,11 @@ of 2 pairs = 4 clouds of ~2,000–2,500 voxels) and embedded rooms at 10 cm (02/
 neighbour matrix has at most ``torch_ops.DENSE_MAX_ELEMENTS`` entries therefore take one gather and one GEMM
 (see ``ssl3d/sparse/torch_ops.py``).
 
+Run under the notebooks' thread settings: ``import ssl3d`` first sets OpenMP's wait policy to PASSIVE (idle OpenMP
+threads sleep; see ``ssl3d/__init__.py``), so every 2-thread op wakes a sleeping thread, and the per-offset path's
+thousands of small ops per step pay that each time. Under OpenMP's default spinning policy the two paths were within
+1.02–1.14× of each other on these workloads (2026-11-26, same machine).
+
 Printed: the time of one training step (forward, loss, backward, SGD step; kernel maps built inside the timed
 region, as in training) for each workload and path — the minimum over interleaved repetitions, the median beside
 it — and the ratio per-offset / neighbour-matrix measured in the same run. No target; README quotes the ratio.
@@ -21,6 +26,9 @@ import argparse
 import statistics
 import time
 
+import ssl3d  # noqa: F401 — first: OpenMP's wait policy PASSIVE before torch loads, as in the notebooks
+
+# isort: split
 import torch
 
 from ssl3d import geometry as G
