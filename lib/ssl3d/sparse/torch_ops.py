@@ -479,14 +479,14 @@ class GatherMatmulScatter(torch.autograd.Function):
     @staticmethod
     def forward(ctx, feats, kernel, kmap: KernelMap):
         ctx.save_for_backward(feats, kernel)
-        ctx.kmap = kmap
-        return (_forward_dense if _dense(kernel, kmap) else _forward)(feats, kernel, kmap)
+        ctx.kmap, ctx.dense = kmap, _dense(kernel, kmap)
+        return (_forward_dense if ctx.dense else _forward)(feats, kernel, kmap)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         feats, kernel = ctx.saved_tensors
-        backward = _backward_dense if _dense(kernel, ctx.kmap) else _backward
+        backward = _backward_dense if ctx.dense else _backward
         gx, gw = backward(grad_out.contiguous(), feats, kernel, ctx.kmap, *ctx.needs_input_grad[:2])
         return gx, gw, None
 
