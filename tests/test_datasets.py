@@ -176,3 +176,46 @@ def test_collate_voxels_and_batch_helpers():
     for s in range(3):  # rows of a sample keep their order; padding is zero
         assert padded[s, mask[s], 0].tolist() == vals[bi == s, 0].tolist()
         assert (padded[s, ~mask[s]] == 0).all()
+
+
+def test_class_subset_keeps_relabels_and_forwards_the_epoch():
+    from ssl3d.data import ClassSubset, class_held_out_split, load_dataset
+    from ssl3d.data import transforms as T
+
+    full = load_dataset("parts", "train", n_per_class=3, n_points=64, transform=T.Jitter(0.01, 0.02))
+    held_in, held_out = class_held_out_split(None)
+    assert set(held_in).isdisjoint(held_out) and sorted(held_in + held_out) == sorted(full.class_names)
+    sub = ClassSubset(full, ["sofa", "chair"])  # the subset's order defines its labels
+    assert len(sub) == 6 and sub.class_names == ["sofa", "chair"] and sub.num_classes == 2
+    assert sub.labels.tolist() == [1, 1, 1, 0, 0, 0]  # chair (class 0 of the full set) comes first in it
+    for i in range(len(sub)):  # the same clouds, relabelled; the parts keep their global ids
+        j = int(sub.indices[i])
+        np.testing.assert_array_equal(sub[i]["points"], full[j]["points"])
+        assert sub[i]["label"] == sub.labels[i]
+        assert full.class_names[full[j]["label"]] == sub.class_names[sub[i]["label"]]
+        lo, hi = sub.part_ranges[sub[i]["label"]][0], sub.part_ranges[sub[i]["label"]][-1]
+        assert lo <= sub[i]["part"].min() and sub[i]["part"].max() <= hi
+    before = sub[0]["points"].copy()
+    sub.set_epoch(1)
+    assert full.epoch == 1 and not np.array_equal(sub[0]["points"], before)  # new augmentation each epoch
+    with pytest.raises(ValueError, match="unknown"):
+        ClassSubset(full, ["chair", "piano"])
+    with pytest.raises(ValueError, match="distinct"):
+        ClassSubset(full, ["chair", "chair"])
+    # the real split: ModelNet40 classes that no ShapeNetPart category covers
+    pre, probe = class_held_out_split("/nonexistent")
+    assert pre is None and len(probe) == 31 and "chair" not in probe and "sofa" in probe
+
+
+def test_numpy_and_python_indices_give_the_same_items():
+    """A torch Subset indexes with NumPy integers; the item (and its augmentation) must not depend on that type —
+    np.int64's repr differs from int's, and the per-item seed was once derived from it."""
+    from ssl3d.data import load_dataset
+
+    makers = [(lambda: load_dataset("objects", "train", n_per_class=2, n_points=64, random_yaw=True), 3, "points"),
+              (lambda: load_dataset("objects", "train", n_per_class=2, n_points=64, transform=T.Jitter(0.01, 0.02)), 1,
+               "points"),
+              (lambda: load_dataset("scenes", "train", n_rooms=1, points_per_room=2000), 0, "coords")]
+    for make, i, key in makers:  # each from a fresh dataset (items are cached by index)
+        np.testing.assert_array_equal(np.asarray(make()[np.int64(i)][key]), np.asarray(make()[i][key]))
+    assert D._seed("object", np.int64(3), np.int32(2)) == D._seed("object", 3, 2)

@@ -1,6 +1,7 @@
 """Data: procedural (embedded) datasets, readers for the real datasets, torch Datasets, augmentations.
 
     ssl3d.data.load_dataset  the one entry point: a task's embedded or real dataset, chosen by ``data_root``
+    ssl3d.data.class_held_out_split   which classes to pre-train on and which to probe on, never seen (ClassSubset)
     ssl3d.data.synthetic     objects with parts, scanned objects, rooms (deterministic)
     ssl3d.data.rgbd          ray-cast RGB-D frames and PointContrast view pairs
     ssl3d.data.real          readers for ModelNet40, ShapeNetPart, ScanObjectNN, ScanNet v2, S3DIS, Middlebury
@@ -30,6 +31,7 @@ column to variable-size ones (``coords`` (ΣM, 4) = (sample, x, y, z); ``ssl3d.g
 View pairs suffix keys with the view (``points0``, ``coords1``, …) and add ``correspondences`` (P, 2) and ``T``.
 """
 
-from ssl3d.data.factory import TASKS, load_dataset
+from ssl3d.data.datasets import ClassSubset
+from ssl3d.data.factory import TASKS, class_held_out_split, load_dataset
 
-__all__ = ["TASKS", "load_dataset"]
+__all__ = ["TASKS", "ClassSubset", "class_held_out_split", "load_dataset"]

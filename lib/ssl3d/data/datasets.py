@@ -6,6 +6,7 @@ dataset                  item (the schema of ``ssl3d.data``)                  co
 =======================  ===================================================  ===================================
 ObjectDataset            object cloud: points, normals, part, label           :func:`collate_objects` (point nets)
 FixedSizeClouds          the same from a real reader (ModelNet40, …)          :func:`collate_voxels` (sparse nets)
+ClassSubset              the items of some classes, relabelled (class-held-out splits)
 SceneDataset             voxelized room: coords, feats, labels, + points,     :func:`collate_scenes`
 VoxelizedScenes          semantic, inverse (the same from S3DIS / ScanNet)
 ViewPairDataset          two views + correspondences + relative transform     :func:`collate_pairs`
@@ -49,6 +50,7 @@ __all__ = [
     "collate_voxels",
     "collate_for",
     "FixedSizeClouds",
+    "ClassSubset",
     "SceneDataset",
     "VoxelizedScenes",
     "collate_scenes",
@@ -63,7 +65,9 @@ _SPLITS = {"train": 0, "val": 1, "test": 2}
 
 
 def _seed(*parts) -> int:
-    """A stable 63-bit seed from a tuple of ints/strings (independent of PYTHONHASHSEED)."""
+    """A stable 63-bit seed from a tuple of ints/strings (independent of PYTHONHASHSEED). NumPy scalars count as the
+    Python numbers they hold: ``ds[np.int64(3)]`` (a ``Subset`` with array indices) is the same item as ``ds[3]``."""
+    parts = tuple(p.item() if isinstance(p, np.generic) else p for p in parts)
     return zlib.crc32(repr(parts).encode()) * 2654435761 % (2**63)
 
 
@@ -296,6 +300,42 @@ class FixedSizeClouds(AugmentedDataset):
         if self.normalize:
             out["points"] = G.normalize_unit_sphere(out["points"], center="bbox")[0]
         return self.augment(out, i)
+
+
+class ClassSubset(Dataset):
+    """The items of ``dataset`` whose class is one of ``classes`` (names), relabelled 0 … len(classes) − 1 in that
+    order: one side of a class-held-out split (pre-train on some classes, probe on the others). ``labels``,
+    ``class_names``, ``num_classes`` and ``part_ranges`` describe the subset; ``set_epoch`` reaches the dataset."""
+
+    def __init__(self, dataset, classes):
+        names, classes = list(dataset.class_names), list(classes)
+        unknown = [c for c in classes if c not in names]
+        if unknown or not classes or len(set(classes)) != len(classes):
+            raise ValueError(f"ClassSubset: classes must be distinct names of the dataset's classes {names}; got "
+                             f"{classes}" + (f" ({unknown} unknown)" if unknown else ""))
+        ids = [names.index(c) for c in classes]
+        old = np.asarray(dataset.labels)
+        self.dataset, self.indices = dataset, np.flatnonzero(np.isin(old, ids))
+        remap = np.full(len(names), -1)
+        remap[ids] = np.arange(len(ids))
+        self._labels = remap[old[self.indices]]
+        self.class_names, self.num_classes = classes, len(classes)
+        if hasattr(dataset, "part_ranges"):
+            self.part_ranges, self.num_parts = [dataset.part_ranges[i] for i in ids], dataset.num_parts
+
+    def __len__(self):
+        return len(self.indices)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+    def set_epoch(self, epoch: int):
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __getitem__(self, i):
+        return {**self.dataset[int(self.indices[i])], "label": int(self._labels[i])}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ssl3d.data import datasets as D
 
-__all__ = ["TASKS", "load_dataset"]
+__all__ = ["TASKS", "class_held_out_split", "load_dataset"]
 
 TASKS = ("objects", "scanned_objects", "parts", "scenes", "view_pairs", "rgbd_frames")
 _EMBEDDED = {"objects": D.ObjectDataset, "scanned_objects": D.ObjectDataset, "parts": D.ObjectDataset,
@@ -108,3 +108,19 @@ def load_dataset(task: str, split: str = "train", data_root: str | Path | None =
         raise FileNotFoundError(f"data_root {root} is not a folder: pass the folder that holds the datasets "
                                 f"(README, 'Data'), or data_root=None for the embedded data")
     return _real(task, split, root, dict(options))
+
+
+#: ModelNet40 classes that a ShapeNetPart category covers (ShapeNet's table synset holds desks; its mugs are cups)
+SHAPENETPART_IN_MODELNET40 = ("airplane", "car", "chair", "cup", "desk", "guitar", "lamp", "laptop", "table")
+
+
+def class_held_out_split(data_root: str | Path | None = None) -> tuple[list[str] | None, list[str]]:
+    """(classes to pre-train on, classes to probe on) for a class-held-out test: the probe's classes are never seen
+    in pre-training. Embedded: every other one of the 14 object classes each. Real: pre-training is ShapeNetPart
+    with all its categories (``None``: the usual pre-training set) and the probe uses the ModelNet40 classes that
+    no ShapeNetPart category covers (31 of 40)."""
+    from ssl3d.data import real, synthetic
+
+    if data_root is None:
+        return list(synthetic.OBJECT_CLASSES[0::2]), list(synthetic.OBJECT_CLASSES[1::2])
+    return None, [c for c in real.MODELNET40_CLASSES if c not in SHAPENETPART_IN_MODELNET40]

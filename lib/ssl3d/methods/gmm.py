@@ -25,7 +25,7 @@ from ssl3d.data.datasets import collate_for, collate_scenes
 from ssl3d.geometry import pad_batch
 from ssl3d.methods import register_method
 from ssl3d.methods.base import Method
-from ssl3d.models.heads import SegHead, head_input
+from ssl3d.models.heads import SegHead, head_features, head_input
 
 __all__ = ["GMMPretraining", "effective_components", "partition_stats"]
 
@@ -76,7 +76,7 @@ class GMMPretraining(Method):
 
     def logits_and_points(self, batch: Mapping):
         """(logits (B, N, J), points (B, N, 3), mask (B, N) or None) — the mixture's inputs for this batch."""
-        logits = self.head(self.backbone.encode(batch)[self.head_input])
+        logits = self.head(head_features(self.backbone.encode(batch), self.head_input))
         dev = logits.device
         if self.backbone.kind == "point":
             return logits, batch["points"].to(dev), None
@@ -99,7 +99,7 @@ class GMMPretraining(Method):
         was = self.training
         self.eval()
         try:
-            return self.head(self.backbone.encode(batch)[self.head_input]).argmax(-1)
+            return self.head(head_features(self.backbone.encode(batch), self.head_input)).argmax(-1)
         finally:
             self.train(was)
 

@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from ssl3d.models.base import Backbone, SharedMLP
+from ssl3d.models.base import Backbone, SharedMLP, factored_linear
 
-__all__ = ["SegHead", "Segmenter", "Classifier", "head_input"]
+__all__ = ["SegHead", "Segmenter", "Classifier", "head_features", "head_input"]
 
 
 def _like(module: nn.Module, backbone: nn.Module) -> nn.Module:
@@ -58,13 +58,25 @@ class SegHead(nn.Module):
         head = cls(c_in, num_outputs, spec.get("hidden", ()), spec.get("dropout", 0.0), spec.get("act", "relu"))
         return _like(head, backbone)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x) -> torch.Tensor:
+        """x: (..., C_in), or a point backbone's ``feats_factored`` pair (local (B, N, C_l), global (B, C_g)), which
+        the first layer reads without repeating the global part at every point (``factored_linear``)."""
+        if isinstance(x, tuple) and len(self.hidden) == 0:
+            return factored_linear(self.out, *x)
         return self.out(self.hidden(x))
 
 
 def head_input(backbone: Backbone, **overrides) -> str:
     """The ``encode`` entry a per-site head reads: ``head_spec["input"]`` (overridable), ``"feats"`` by default."""
     return {**backbone.head_spec, **overrides}.get("input", "feats")
+
+
+def head_features(encoded: Mapping, key: str):
+    """``encoded[key]`` — for ``"feats"`` of a point backbone its factored form ``feats_factored`` instead, which a
+    :class:`SegHead` turns into the same logits with fewer multiply-adds."""
+    if key == "feats" and "feats_factored" in encoded:
+        return encoded["feats_factored"]
+    return encoded[key]
 
 
 class Segmenter(nn.Module):
@@ -82,7 +94,7 @@ class Segmenter(nn.Module):
         return self.head.num_outputs
 
     def forward(self, batch: Mapping) -> torch.Tensor:
-        return self.head(self.backbone.encode(batch)[self.input])
+        return self.head(head_features(self.backbone.encode(batch), self.input))
 
     def reset_head(self, num_classes: int | None = None) -> None:
         """A freshly initialised head (``num_classes`` outputs, default: unchanged) on the backbone's device."""

@@ -7,6 +7,9 @@ Both follow the backbone contract of :mod:`ssl3d.models.base` (``kind = "point"`
     out["feats"]        (B, N, feat_dim)   per-point features for a segmentation head:
                                            [local feature ‖ max-pooled global embedding repeated per point]
     out["global_feats"] (B, global_dim)    concat(max over points, mean over points) of the embedding
+    out["feats_factored"] (local (B, N, C_l), max-pooled embedding (B, C))   ``feats`` before the repeat: heads
+                                           read this form (the same numbers, a cheaper first layer:
+                                           ``models.base.factored_linear``)
 
 The embedding is the 1024-d layer right before global pooling in both papers; ``global_feats`` is DGCNN's
 classification descriptor (max ‖ mean), the feature of the linear-SVM protocol. The papers' segmentation heads
@@ -80,15 +83,13 @@ class _PointBackbone(Backbone):
         return self(points, None if feats is None else feats.to(dev))
 
     @staticmethod
-    def global_pool(embedding: torch.Tensor) -> torch.Tensor:
-        """(B, N, C) → (B, 2C): max over points ‖ mean over points."""
-        return torch.cat([embedding.max(dim=1).values, embedding.mean(dim=1)], dim=-1)
-
-    @staticmethod
-    def seg_feats(local: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
-        """[local (B, N, C_l) ‖ max-pooled embedding repeated per point] → (B, N, C_l + C)."""
-        glob = embedding.max(dim=1, keepdim=True).values  # (B, 1, C)
-        return torch.cat([local, glob.expand(-1, local.shape[1], -1)], dim=-1)
+    def seg_outputs(local: torch.Tensor, embedding: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``feats`` = [local (B, N, C_l) ‖ max-pooled embedding repeated per point] (B, N, C_l + C), its factored
+        form ``feats_factored`` = (local, max-pooled (B, C)), and ``global_feats`` = max ‖ mean (B, 2C)."""
+        glob = embedding.max(dim=1).values  # (B, C)
+        return {"feats": torch.cat([local, glob.unsqueeze(1).expand(-1, local.shape[1], -1)], dim=-1),
+                "feats_factored": (local, glob),
+                "global_feats": torch.cat([glob, embedding.mean(dim=1)], dim=-1)}
 
 
 @register("pointnet")
@@ -117,7 +118,7 @@ class PointNet(_PointBackbone):
         x = self._inputs(points, feats)  # (B, N, 3 + in_channels)
         local = self.mlp2(self.mlp1(x))  # (B, N, 64)
         embedding = self.mlp4(self.mlp3(local))  # (B, N, 1024)
-        return {"feats": self.seg_feats(local, embedding), "global_feats": self.global_pool(embedding)}
+        return self.seg_outputs(local, embedding)
 
 
 def knn_graph(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -189,7 +190,7 @@ class DGCNN(_PointBackbone):
             graphs.append(idx)
         local = torch.cat(outs, dim=-1)  # (B, N, 512)
         embedding = self.embed(local)  # (B, N, 1024)
-        out = {"feats": self.seg_feats(local, embedding), "global_feats": self.global_pool(embedding)}
+        out = self.seg_outputs(local, embedding)
         if return_graphs:
             out["graphs"] = graphs
         return out
