@@ -121,7 +121,7 @@ class SharedMLP(nn.Module):
         self.act = nn.ReLU() if act == "relu" else nn.LeakyReLU(0.2)
 
     def forward(self, x) -> torch.Tensor:
-        # x: (..., C_in), or a point backbone's factored features (local, global): models.heads.factored_linear
+        # x: (..., C_in), or a point backbone's factored features (local, global): factored_linear above
         y = factored_linear(self.linear, *x) if isinstance(x, tuple) else self.linear(x)  # (..., C_out)
         y = self.bn(y.reshape(-1, y.shape[-1])).reshape(y.shape)  # statistics over every point of the batch
         return self.act(y)
