@@ -1,6 +1,7 @@
 """ssl3d.evaluate against scikit-learn's metrics, hand-computed ShapeNetPart cases and known-answer probes."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -218,6 +219,23 @@ def test_select_svm_C_uses_only_the_training_split():
     assert select_svm_C(x, y, Cs, 0.25, seed=3, folds=1)[0] == best  # deterministic per seed
     with pytest.raises(ValueError, match="val_fraction"):
         select_svm_C(x, y, Cs, 1.5)
+
+
+def test_select_svm_C_gives_the_same_scores_on_any_number_of_threads():
+    """The (C, fold) fits run on threads; the scores equal the one-thread loop's exactly, also for C ≥ 1, whose dual
+    solver shuffles with liblinear's process-wide generator, which every fit reseeds (stopped early here, so its
+    result depends on that shuffle: a dual fit beside a primal one on another thread changes it in about one run of
+    forty)."""
+    rng = np.random.default_rng(4)
+    y = np.repeat(np.arange(4), 30)
+    x = rng.normal(size=(120, 40)) + 0.4 * np.eye(4)[y] @ rng.normal(size=(4, 40))
+    Cs = (1e-3, 0.1, 1.0, 10.0, 100.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the dual solver stops at max_iter on purpose
+        one = select_svm_C(x, y, Cs, seed=5, folds=5, max_iter=3, n_jobs=1)
+        for _ in range(100):
+            assert select_svm_C(x, y, Cs, seed=5, folds=5, max_iter=3, n_jobs=4) == one
+    assert len(one[1]) == len(Cs)
 
 
 def test_select_svm_C_by_cross_validation_is_the_mean_over_stratified_folds():

@@ -320,7 +320,9 @@ def point_info_nce(f0: torch.Tensor, f1: torch.Tensor, matches, num_pos: int = 4
     num_unique = pairs.shape[0]
     sel = _subsample(num_unique, num_pos, generator, f0.device)  # (n,) n = min(U, num_pos)
     pairs = pairs[sel]  # (n, 2)
-    q, k = f0[pairs[:, 0]], f1[pairs[:, 1]]  # (n, C), (n, C)
+    # index_select, not f1[j]: a view-1 point can be the match of several view-0 points, and the backward of advanced
+    # indexing (index_put_ with accumulate) adds such repeated rows in a thread-dependent order on the CPU
+    q, k = f0.index_select(0, pairs[:, 0]), f1.index_select(0, pairs[:, 1])  # (n, C), (n, C)
     mask = None
     if mask_duplicate_keys:
         j = pairs[:, 1]
@@ -388,7 +390,7 @@ def pixel_info_nce(f0: torch.Tensor, f1: torch.Tensor, matches, num_pos: int = 4
             continue  # no match: contributes 0, still counted in B
         m = _check_matches(mb, z0.shape[2], z1.shape[2], f"matches[{i}]").to(z0.device)  # (P_b, 2)
         m = m[_subsample(m.shape[0], num_pos, generator, z0.device)]  # (n_b, 2)
-        q, k = z0[i][:, m[:, 0]].t(), z1[i][:, m[:, 1]].t()  # (n_b, C), (n_b, C)
+        q, k = z0[i].index_select(1, m[:, 0]).t(), z1[i].index_select(1, m[:, 1]).t()  # (n_b, C), (n_b, C)
         out = info_nce(q, k, temperature, normalize=normalize, return_stats=return_stats)
         if return_stats:
             out, st = out

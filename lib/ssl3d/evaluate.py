@@ -15,6 +15,7 @@ Protocols, as the papers use them:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,18 +84,8 @@ def _span_coordinates(xtr: np.ndarray, xte: np.ndarray) -> tuple[np.ndarray, np.
     return xtr @ q, xte @ q
 
 
-def linear_svm_probe(train_x, train_y, test_x, test_y, C: float = 0.01, seed: int = 0,
-                     max_iter: int = 10_000) -> ProbeResult:
-    """Fit a linear SVM (scikit-learn ``LinearSVC``, one-vs-rest, squared hinge) on standardised features.
-
-    Features are standardised with the mean and standard deviation of the *training* split only. ``C`` is the
-    inverse regularisation strength; 0.01 suits standardised high-dimensional (≥ 512-d) features — the field
-    tunes it on a grid, do the same on a validation split for final numbers. ``seed`` fixes the solver's
-    coordinate order.
-    """
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import LinearSVC
-
+def _probe_inputs(train_x, train_y, test_x, test_y):
+    """The probe's inputs as float64 / 1-D arrays, refused with the problem named when they cannot be a probe."""
     xtr, xte = _np(train_x, "train_x").astype(np.float64), _np(test_x, "test_x").astype(np.float64)
     ytr, yte = _np(train_y, "train_y").reshape(-1), _np(test_y, "test_y").reshape(-1)
     if xtr.ndim != 2 or xte.ndim != 2 or xtr.shape[1] != xte.shape[1]:
@@ -109,14 +100,40 @@ def linear_svm_probe(train_x, train_y, test_x, test_y, C: float = 0.01, seed: in
         raise ValueError("features contain NaN or Inf: check the encoder (did pre-training diverge?)")
     if len(np.unique(ytr)) < 2:
         raise ValueError("the training split has a single class: a classifier needs at least two")
+    return xtr, ytr, xte, yte
+
+
+def _standardised(xtr: np.ndarray, xte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both splits standardised with the *training* split's mean and std, in :func:`_span_coordinates`."""
+    from sklearn.preprocessing import StandardScaler
+
     scaler = StandardScaler().fit(xtr)
-    ztr, zte = _span_coordinates(scaler.transform(xtr), scaler.transform(xte))
+    return _span_coordinates(scaler.transform(xtr), scaler.transform(xte))
+
+
+def _svm_predict(ztr: np.ndarray, ytr: np.ndarray, zte: np.ndarray, C: float, seed: int, max_iter: int) -> np.ndarray:
+    """Fit ``LinearSVC`` on prepared training rows and predict the test rows."""
+    from sklearn.svm import LinearSVC
+
     # Same problem, two liblinear solvers: the primal one converges in a few Newton steps when the problem is
     # strongly regularised (C < 1; 2–10× faster here), the dual one when it is not (C ≥ 1, where the primal one
     # needs hundreds of steps). The solution — and so the accuracy — does not depend on the choice.
     svm = LinearSVC(C=C, dual=bool(C >= 1.0), fit_intercept=False, random_state=seed, max_iter=max_iter)
-    svm.fit(ztr, ytr)
-    pred = svm.predict(zte)
+    return svm.fit(ztr, ytr).predict(zte)
+
+
+def linear_svm_probe(train_x, train_y, test_x, test_y, C: float = 0.01, seed: int = 0,
+                     max_iter: int = 10_000) -> ProbeResult:
+    """Fit a linear SVM (scikit-learn ``LinearSVC``, one-vs-rest, squared hinge) on standardised features.
+
+    Features are standardised with the mean and standard deviation of the *training* split only. ``C`` is the
+    inverse regularisation strength; 0.01 suits standardised high-dimensional (≥ 512-d) features — the field
+    tunes it on a grid, do the same on a validation split for final numbers. ``seed`` fixes the solver's
+    coordinate order.
+    """
+    xtr, ytr, xte, yte = _probe_inputs(train_x, train_y, test_x, test_y)
+    ztr, zte = _standardised(xtr, xte)
+    pred = _svm_predict(ztr, ytr, zte, C, seed, max_iter)
     classes = np.union1d(ytr, yte)
     class_acc = np.array([np.mean(pred[yte == c] == c) if np.any(yte == c) else np.nan for c in classes])
     return ProbeResult(accuracy=float(np.mean(pred == yte)), class_accuracy=class_acc,
@@ -124,14 +141,15 @@ def linear_svm_probe(train_x, train_y, test_x, test_y, C: float = 0.01, seed: in
 
 
 def select_svm_C(train_x, train_y, Cs=(1e-3, 1e-2, 1e-1, 1.0), val_fraction: float = 0.2, seed: int = 0,
-                 max_iter: int = 10_000, folds: int = 5) -> tuple[float, dict]:
+                 max_iter: int = 10_000, folds: int = 5, n_jobs: int | None = None) -> tuple[float, dict]:
     """Choose the SVM's C on validation splits drawn from the *training* split only (stratified, seeded).
 
     ``folds ≥ 2``: stratified k-fold cross-validation — every training feature is a validation feature once, and a
     C scores its mean validation accuracy over the folds. ``folds = 1``: one stratified split that holds out
     ``val_fraction`` of the training features. Each C is fitted on the fitting part and scored on the validation
     part; the C with the highest score wins (ties → the smaller C, the stronger regulariser). The test split is
-    never seen. Returns (best C, {C: validation accuracy}).
+    never seen. Returns (best C, {C: validation accuracy}). ``n_jobs`` threads fit the (C, fold) pairs (default:
+    torch's thread count); the result does not depend on it.
 
     Why: a fixed C can favour one initialisation over another (features of different encoders have different
     scales and margins), which is why the field tunes it. Why folds: with 420 shapes one 20 % split has 84 shapes,
@@ -160,11 +178,28 @@ def select_svm_C(train_x, train_y, Cs=(1e-3, 1e-2, 1e-1, 1.0), val_fraction: flo
         splits = [train_test_split(np.arange(len(y)), test_size=val_fraction, random_state=seed, stratify=stratify)]
     if any(len(np.unique(y[fit_idx])) < 2 for fit_idx, _ in splits):
         raise ValueError("select_svm_C: the fitting part of the split has a single class; use more training shapes")
-    scores = {}
-    for C in sorted(Cs):
-        scores[float(C)] = float(np.mean([
-            linear_svm_probe(x[fit_idx], y[fit_idx], x[val_idx], y[val_idx], C=C, seed=seed,
-                             max_iter=max_iter).accuracy for fit_idx, val_idx in splits]))
+    # Each fold is standardised (and put in span coordinates) once; then every (C, fold) fit is independent.
+    # liblinear releases the GIL, so the primal fits (C < 1, no random numbers) run on a few threads. Every fit
+    # reseeds liblinear's *process-wide* generator, which the dual solver (C ≥ 1) shuffles with: dual fits run one
+    # at a time, after the others. The accuracies do not depend on n_jobs.
+    folds_data = []
+    for fit_idx, val_idx in splits:
+        xf, yf, xv, yv = _probe_inputs(x[fit_idx], y[fit_idx], x[val_idx], y[val_idx])
+        folds_data.append((*_standardised(xf, xv), yf, yv))
+
+    def score(job):
+        C, (zf, zv, yf, yv) = job
+        return float(np.mean(_svm_predict(zf, yf, zv, C, seed, max_iter) == yv))
+
+    jobs = [(float(C), fold) for C in sorted(Cs) for fold in folds_data]   # C-major: k * folds + fold
+    primal = [k for k, (C, _) in enumerate(jobs) if C < 1.0][::-1]       # the largest C first: the most solver steps
+    accuracies = [None] * len(jobs)
+    with ThreadPoolExecutor(max(1, min(len(primal), n_jobs or torch.get_num_threads()))) as pool:
+        for k, acc in zip(primal, pool.map(score, [jobs[k] for k in primal])):
+            accuracies[k] = acc
+    accuracies = [score(job) if acc is None else acc for job, acc in zip(jobs, accuracies)]  # dual: one at a time
+    scores = {C: float(np.mean(accuracies[k * len(splits):(k + 1) * len(splits)])) for k, C in
+              enumerate(sorted(float(C) for C in Cs))}
     best = max(scores.values())
     return next(C for C in sorted(scores) if scores[C] == best), scores
 
