@@ -395,6 +395,18 @@ def test_errors(gen):
         C.pixel_info_nce(torch.randn(2, 2, 3, 3), torch.randn(2, 2, 3, 3), [torch.zeros(1, 2, dtype=torch.long)])
 
 
+def assert_repeats_on_two_threads(grads, runs: int = 6):
+    """``grads()`` → (grad f0, grad f1) is bit-identical over ``runs`` calls on 2 threads (the order of a parallel
+    accumulation is what varies; this module otherwise runs on one thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = [grads() for _ in range(runs)]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(ga, out[0][0]) and torch.equal(gb, out[0][1]) for ga, gb in out)
+
+
 def test_point_info_nce_gradients_are_bit_identical_from_run_to_run():
     """A view-1 point matched by several view-0 points is the key of several sampled pairs: the gather's backward
     must add those rows in a fixed order (index_select; advanced indexing did not on the CPU, and notebook 04's
@@ -408,13 +420,7 @@ def test_point_info_nce_gradients_are_bit_identical_from_run_to_run():
         C.point_info_nce(a, b, m, num_pos=4096, generator=torch.Generator().manual_seed(1)).backward()
         return a.grad, b.grad
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # the order of a parallel accumulation is what varies: this module runs on one thread
-    try:
-        runs = [grads() for _ in range(6)]
-    finally:
-        torch.set_num_threads(threads)
-    assert all(torch.equal(ga, runs[0][0]) and torch.equal(gb, runs[0][1]) for ga, gb in runs)
+    assert_repeats_on_two_threads(grads)
 
 
 @pytest.mark.parametrize("normalize", [True, False])
@@ -432,10 +438,4 @@ def test_hardest_contrastive_gradients_are_bit_identical_from_run_to_run(normali
         loss.backward()
         return a.grad, b.grad
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # the order of a parallel accumulation is what varies: this module runs on one thread
-    try:
-        runs = [grads() for _ in range(6)]
-    finally:
-        torch.set_num_threads(threads)
-    assert all(torch.equal(ga, runs[0][0]) and torch.equal(gb, runs[0][1]) for ga, gb in runs)
+    assert_repeats_on_two_threads(grads)
