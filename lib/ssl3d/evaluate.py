@@ -111,6 +111,11 @@ def _standardised(xtr: np.ndarray, xte: np.ndarray) -> tuple[np.ndarray, np.ndar
     return _span_coordinates(scaler.transform(xtr), scaler.transform(xte))
 
 
+def _dual(C: float) -> bool:
+    """Which liblinear solver fits this C (see :func:`_svm_predict`); dual fits must not run beside other fits."""
+    return C >= 1.0
+
+
 def _svm_predict(ztr: np.ndarray, ytr: np.ndarray, zte: np.ndarray, C: float, seed: int, max_iter: int) -> np.ndarray:
     """Fit ``LinearSVC`` on prepared training rows and predict the test rows."""
     from sklearn.svm import LinearSVC
@@ -118,7 +123,7 @@ def _svm_predict(ztr: np.ndarray, ytr: np.ndarray, zte: np.ndarray, C: float, se
     # Same problem, two liblinear solvers: the primal one converges in a few Newton steps when the problem is
     # strongly regularised (C < 1; 2–10× faster here), the dual one when it is not (C ≥ 1, where the primal one
     # needs hundreds of steps). The solution — and so the accuracy — does not depend on the choice.
-    svm = LinearSVC(C=C, dual=bool(C >= 1.0), fit_intercept=False, random_state=seed, max_iter=max_iter)
+    svm = LinearSVC(C=C, dual=_dual(C), fit_intercept=False, random_state=seed, max_iter=max_iter)
     return svm.fit(ztr, ytr).predict(zte)
 
 
@@ -192,7 +197,7 @@ def select_svm_C(train_x, train_y, Cs=(1e-3, 1e-2, 1e-1, 1.0), val_fraction: flo
         return float(np.mean(_svm_predict(zf, yf, zv, C, seed, max_iter) == yv))
 
     jobs = [(float(C), fold) for C in sorted(Cs) for fold in folds_data]   # C-major: k * folds + fold
-    primal = [k for k, (C, _) in enumerate(jobs) if C < 1.0][::-1]       # the largest C first: the most solver steps
+    primal = [k for k, (C, _) in enumerate(jobs) if not _dual(C)][::-1]  # the largest C first: the most solver steps
     accuracies = [None] * len(jobs)
     with ThreadPoolExecutor(max(1, min(len(primal), n_jobs or torch.get_num_threads()))) as pool:
         for k, acc in zip(primal, pool.map(score, [jobs[k] for k in primal])):
