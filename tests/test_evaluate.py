@@ -13,6 +13,7 @@ from ssl3d.evaluate import (
     confusion_matrix,
     extract_global_features,
     iou_from_confusion,
+    linear_head,
     linear_svm_probe,
     masked_part_argmax,
     mean_std,
@@ -299,3 +300,35 @@ def test_svm_in_the_span_of_the_training_rows_equals_the_plain_linear_svc():
         np.testing.assert_allclose(ours.decision_function(zte), ref.decision_function(sc.transform(xt)), atol=2e-3)
         res = linear_svm_probe(x, y, xt, np.repeat(np.arange(3), 10), C=C)
         assert (res.predictions == ref.predict(sc.transform(xt))).all()
+
+
+@pytest.mark.parametrize("loss", ["logistic", "svm"])
+@pytest.mark.parametrize("seen", [[0, 1, 3, 4], [1, 3]])
+def test_linear_head_is_the_scikit_learn_classifier_as_a_layer(loss, seen):
+    """The layer over raw features scores exactly what StandardScaler + the classifier scores (independent sklearn
+    pipeline); a class without training examples is never predicted; two classes give (−d, d)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, (5, 6)) * rng.uniform(0.1, 10, 6)           # features of very different scales
+    ytr = np.repeat(seen, 20)
+    xtr = centres[ytr] + rng.normal(0, 2, (len(ytr), 6)) + 50             # offset: the bias must absorb μ
+    xte = centres[rng.integers(0, 5, 200)] + rng.normal(0, 2, (200, 6)) + 50
+    clf = LogisticRegression(C=0.5, max_iter=10_000) if loss == "logistic" else LinearSVC(C=0.5, random_state=0,
+                                                                                         max_iter=10_000)
+    ref = make_pipeline(StandardScaler(), clf).fit(xtr, ytr)
+    layer = linear_head(xtr, ytr, 5, loss, C=0.5)
+    with torch.no_grad():
+        out = layer(torch.from_numpy(xte).float()).double().numpy()      # (200, 5)
+    assert np.array_equal(out.argmax(1), ref.predict(xte))
+    d = ref.decision_function(xte)
+    scores = np.stack([-d, d], 1) if d.ndim == 1 else d
+    np.testing.assert_allclose(out[:, seen], scores, rtol=1e-4, atol=1e-3)
+    assert (out[:, [c for c in range(5) if c not in seen]] < -1e29).all()
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        linear_head(xtr, ytr, 3, loss)
+    with pytest.raises(ValueError, match="loss must be"):
+        linear_head(xtr, ytr, 5, "hinge")

@@ -1,5 +1,7 @@
 """Evaluation protocols (ssl3d.protocols): tidy records, the C-tuned probe, fine-tuning regimes, seed statistics."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -73,6 +75,50 @@ def test_finetune_semseg_regimes():
         PR.finetune_semseg(backbone, train, test, regime="annotations", budget=0.5, settings=st)
     with pytest.raises(ValueError, match="regime"):
         PR.finetune_semseg(backbone, train, test, regime="weak", settings=st)
+
+
+def test_probe_semseg_matches_a_manual_probe():
+    """probe_semseg (classifier folded into the head, scored by evaluate_semseg) against the same probe done by hand:
+    BatchNorm re-estimated on the labelled scenes, head features of the labelled points, scikit-learn's pipeline
+    predicting every test voxel, predictions carried to the original points, mIoU from the confusion matrix."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from ssl3d.evaluate import confusion_matrix, iou_from_confusion
+    from ssl3d.models.heads import head_input
+    from ssl3d.train import recompute_batchnorm
+
+    train = D.SceneDataset(3, points_per_room=4000, voxel_size=0.25, features="ones")
+    test = D.SceneDataset(1, points_per_room=4000, voxel_size=0.25, split="test", features="ones")
+    torch.manual_seed(0)
+    backbone = build_model("res16unet14tiny", in_channels=0, out_channels=8)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    recs = PR.probe_semseg(backbone, train, test, regime="annotations", budget=30, seed=2, method="random", C=0.3)
+    assert [r["metric"] for r in recs] == ["miou", "accuracy"] and recs[0]["protocol"] == "probe_semseg"
+    assert recs[0]["points_per_scene"] == 30 and recs[0]["C"] == 0.3
+    assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in before.items())  # the backbone is untouched
+
+    net, key = copy.deepcopy(backbone), head_input(backbone)
+    labelled = train.with_annotations(30, 2)
+    batches = [D.collate_scenes([labelled[i], labelled[i + 1]]) if i + 1 < len(labelled) else
+               D.collate_scenes([labelled[i]]) for i in range(0, len(labelled), 2)]
+    recompute_batchnorm(net, batches)
+    net.eval()
+    with torch.no_grad():
+        feats = [(net.encode(b)[key].double().numpy(), b["labels"].numpy()) for b in batches]
+        x = np.concatenate([f[y >= 0] for f, y in feats])
+        y = np.concatenate([y[y >= 0] for _, y in feats])
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.3, max_iter=10_000)).fit(x, y)
+        cm = torch.zeros(train.num_classes, train.num_classes, dtype=torch.long)
+        for i in range(len(test)):
+            b = D.collate_scenes([test[i]])
+            pred = torch.from_numpy(clf.predict(net.encode(b)[key].double().numpy()))[b["inverse"]]
+            cm += confusion_matrix(pred, b["semantic"], train.num_classes)
+    assert recs[0]["value"] == pytest.approx(100 * iou_from_confusion(cm)[1], abs=1e-9)
+    assert recs[1]["value"] == pytest.approx(100 * cm.diag().sum().item() / cm.sum().item(), abs=1e-9)
+    with pytest.raises(ValueError, match="labelled points per scene"):
+        PR.probe_semseg(backbone, train, test, regime="annotations", budget=0.5)
 
 
 def test_summarize_and_compare_by_hand():

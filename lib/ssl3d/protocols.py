@@ -20,6 +20,9 @@ finetune_partseg           part segmentation fine-tuned on labelled shapes; inst
 finetune_semseg            semantic segmentation with limited labels (Hou et al., CVPR 2021): ``"reconstructions"``
                            = a fraction of the training scenes with all their labels, ``"annotations"`` = N
                            labelled points per scene, ``"full"`` = everything; mIoU at the original points
+probe_semseg               the same labels and test scenes, the backbone frozen: logistic regression on the
+                           per-point features of the labelled points — the features alone, without what a short
+                           fine-tuning does to them
 =========================  ==================================================================================
 
 Label budgets for objects: an int = labelled shapes *per class*, a float in (0, 1] = a class-stratified fraction
@@ -52,6 +55,7 @@ from ssl3d.data import datasets as D
 from ssl3d.evaluate import (
     evaluate_semseg,
     extract_global_features,
+    linear_head,
     linear_svm_probe,
     masked_part_argmax,
     mean_std,
@@ -63,8 +67,8 @@ from ssl3d.models.heads import Classifier, Segmenter, head_input
 from ssl3d.train import make_optimizer, make_scheduler, train
 
 __all__ = ["TrainSettings", "linear_probe", "finetune_classification", "finetune_partseg", "finetune_semseg",
-           "summarize", "compare", "RecordCache", "weights_digest", "describe_dataset", "trivial_partseg_baselines",
-           "trivial_semseg_baselines"]
+           "probe_semseg", "summarize", "compare", "RecordCache", "weights_digest", "describe_dataset",
+           "trivial_partseg_baselines", "trivial_semseg_baselines"]
 
 
 @dataclass
@@ -464,20 +468,24 @@ def finetune_semseg(backbone, train_set, test_set, *, regime: str = "full", budg
                      method=method, task=task)
 
 
-def _finetune_semseg(backbone, train_set, test_set, regime, budget, seed, method, task, st, ignore_index, checkpoint,
-                     return_model, key):
+def _labelled_scenes(train_set, regime: str, budget, seed: int):
+    """The labelled training scenes of a regime: (dataset, record fields, budget as recorded)."""
     if regime == "reconstructions":
         idx = D.scene_subset(len(train_set), float(budget), seed)
-        labelled, extra = Subset(train_set, idx), {"n_scenes": int(len(idx))}
-    elif regime == "annotations":
+        return Subset(train_set, idx), {"n_scenes": int(len(idx))}, budget
+    if regime == "annotations":
         if not isinstance(budget, int) or budget < 1:
             raise ValueError(f"regime 'annotations' needs budget = labelled points per scene (an int ≥ 1), "
                              f"got {budget!r}")
-        labelled, extra = train_set.with_annotations(budget, seed), {"points_per_scene": budget}
-    elif regime == "full":
-        labelled, extra, budget = train_set, {}, 1.0
-    else:
-        raise ValueError(f"regime must be 'full', 'reconstructions' or 'annotations', got {regime!r}")
+        return train_set.with_annotations(budget, seed), {"points_per_scene": budget}, budget
+    if regime == "full":
+        return train_set, {}, 1.0
+    raise ValueError(f"regime must be 'full', 'reconstructions' or 'annotations', got {regime!r}")
+
+
+def _finetune_semseg(backbone, train_set, test_set, regime, budget, seed, method, task, st, ignore_index, checkpoint,
+                     return_model, key):
+    labelled, extra, budget = _labelled_scenes(train_set, regime, budget, seed)
     num_classes = train_set.num_classes
     model = Segmenter(_fresh_copy(backbone, seed), num_classes)
 
@@ -493,6 +501,57 @@ def _finetune_semseg(backbone, train_set, test_set, regime, budget, seed, method
     records = [_record(backbone, method, task, "finetune_semseg", seed, "miou", 100 * res.miou, **common),
                _record(backbone, method, task, "finetune_semseg", seed, "accuracy", 100 * res.accuracy, **common)]
     return (records, model, history) if return_model else records
+
+
+def probe_semseg(backbone, train_set, test_set, *, regime: str = "annotations", budget=None, seed: int = 0,
+                 method: str = "", task: str = "scenes", C: float = 1.0, batch_size: int = 2,
+                 ignore_index: int = -100, cache: RecordCache | None = None) -> list[dict]:
+    """Linear probe for semantic segmentation: the backbone frozen, a multinomial logistic regression (inverse
+    regularisation ``C`` on standardised features; ``evaluate.linear_head``) fitted on the per-point features of the
+    labelled points — the labels :func:`finetune_semseg` trains on for the same regime, budget and seed — and scored
+    like the fine-tuning (test ``miou`` and ``accuracy`` at the original points, ``evaluate_semseg``).
+
+    Why both: a fine-tuning's mIoU mixes how good the initial features are with what a short optimisation does to
+    them; the probe measures the features alone. BatchNorm statistics are first re-estimated on the labelled
+    training scenes (:func:`~ssl3d.train.recompute_batchnorm`; a pre-training's running averages describe its own
+    data). The features are those a fine-tuning head reads (``head_spec["input"]``); the classifier becomes that
+    head. C is fixed rather than cross-validated: 20 labelled points per room leave single examples of rare classes,
+    and a C chosen on such folds changed from seed to seed (0.001 to 1) and added more spread than it removed.
+    """
+    key = _key("probe_semseg", backbone, train_set, test_set, None, regime=regime,
+               budget=None if regime == "full" else budget, seed=seed, C=C, batch_size=batch_size,
+               ignore_index=ignore_index, head=head_input(backbone))
+    return _measured(cache, key, lambda: _probe_semseg(backbone, train_set, test_set, regime, budget, seed, method,
+                                                       task, C, batch_size, ignore_index, key),
+                     method=method, task=task)
+
+
+def _probe_semseg(backbone, train_set, test_set, regime, budget, seed, method, task, C, batch_size, ignore_index,
+                  key):
+    from ssl3d.train import recompute_batchnorm
+
+    labelled, extra, budget = _labelled_scenes(train_set, regime, budget, seed)
+    num_classes = train_set.num_classes
+    model = Segmenter(_fresh_copy(backbone, seed), num_classes, hidden=())  # one linear layer: the classifier
+    loader = _loader(labelled, batch_size, seed, D.collate_scenes, shuffle=False)
+    recompute_batchnorm(model.backbone, loader)
+    model.eval()
+    xs, ys = [], []
+    with torch.no_grad():
+        for b in loader:
+            f = model.backbone.encode(b)[model.input]  # (ΣM, C)
+            keep = b["labels"].to(f.device) != ignore_index
+            xs.append(f[keep].double().cpu())
+            ys.append(b["labels"].to(f.device)[keep].cpu())
+    x, y = torch.cat(xs).numpy(), torch.cat(ys).numpy()
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"probe_semseg: the labelled points hold {len(np.unique(y))} class(es); a classifier needs "
+                         f"two or more — raise the budget")
+    model.head.out = linear_head(x, y, num_classes, "logistic", C, seed).to(next(model.backbone.parameters()))
+    res = evaluate_semseg(model, test_set, num_classes, ignore_index)
+    common = {"regime": regime, "budget": budget, **extra, "C": C, "key": key}
+    return [_record(backbone, method, task, "probe_semseg", seed, "miou", 100 * res.miou, **common),
+            _record(backbone, method, task, "probe_semseg", seed, "accuracy", 100 * res.accuracy, **common)]
 
 
 # ----------------------------------------------------------------------------------------------------------

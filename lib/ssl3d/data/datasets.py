@@ -363,6 +363,16 @@ class _Scenes(AugmentedDataset):
     def _points(self, i: int) -> dict:
         raise NotImplementedError
 
+    def class_counts(self) -> np.ndarray:
+        """(num_classes,) labelled points of each class over every scene, before voxelization (``ignore_index``
+        and other labels outside [0, num_classes) are not counted). A test split should hold every class its
+        training split holds: mIoU scores a class the test scenes lack but a model predicts as IoU 0."""
+        counts = np.zeros(self.num_classes, dtype=np.int64)
+        for i in range(len(self)):
+            s = np.asarray(self._points(i)["semantic"]).reshape(-1)
+            counts += np.bincount(s[(s >= 0) & (s < self.num_classes)], minlength=self.num_classes)
+        return counts
+
     def with_annotations(self, n_points: int, seed: int = 0):
         """A copy in which every scene keeps the labels of exactly ``n_points`` of its points (the limited-
         annotations regime; :func:`annotation_subset`, nested across ``n_points``). Evaluation data is untouched."""
