@@ -64,7 +64,7 @@ from ssl3d.evaluate import (
 )
 from ssl3d.models import model_name
 from ssl3d.models.heads import Classifier, Segmenter, head_input
-from ssl3d.train import make_optimizer, make_scheduler, train
+from ssl3d.train import make_optimizer, make_scheduler, recompute_batchnorm, train
 
 __all__ = ["TrainSettings", "linear_probe", "finetune_classification", "finetune_partseg", "finetune_semseg",
            "probe_semseg", "summarize", "compare", "RecordCache", "weights_digest", "describe_dataset",
@@ -528,8 +528,6 @@ def probe_semseg(backbone, train_set, test_set, *, regime: str = "annotations", 
 
 def _probe_semseg(backbone, train_set, test_set, regime, budget, seed, method, task, C, batch_size, ignore_index,
                   key):
-    from ssl3d.train import recompute_batchnorm
-
     labelled, extra, budget = _labelled_scenes(train_set, regime, budget, seed)
     num_classes = train_set.num_classes
     model = Segmenter(_fresh_copy(backbone, seed), num_classes, hidden=())  # one linear layer: the classifier
@@ -540,9 +538,10 @@ def _probe_semseg(backbone, train_set, test_set, regime, budget, seed, method, t
     with torch.no_grad():
         for b in loader:
             f = model.backbone.encode(b)[model.input]  # (ΣM, C)
-            keep = b["labels"].to(f.device) != ignore_index
+            labels = b["labels"].to(f.device)
+            keep = labels != ignore_index
             xs.append(f[keep].double().cpu())
-            ys.append(b["labels"].to(f.device)[keep].cpu())
+            ys.append(labels[keep].cpu())
     x, y = torch.cat(xs).numpy(), torch.cat(ys).numpy()
     if len(np.unique(y)) < 2:
         raise ValueError(f"probe_semseg: the labelled points hold {len(np.unique(y))} class(es); a classifier needs "
