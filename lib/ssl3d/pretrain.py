@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["SCHEMA", "load_config", "run", "main"]
+__all__ = ["SCHEMA", "load_config", "build", "run", "main"]
 
 SCHEMA = {
     "backbone": {"name", "args"},
@@ -74,6 +74,20 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> dict:
     return cfg
 
 
+def build(method_name: str, cfg: dict, data_root: str | None = None):
+    """The method (its backbone inside) and the training dataset a config describes: (method, dataset). The
+    network is on the CPU and seeded by whoever calls (``run`` seeds with ``train.seed``)."""
+    from ssl3d.data import load_dataset
+    from ssl3d.methods import build_method
+    from ssl3d.models import build_model
+
+    backbone = build_model(cfg["backbone"]["name"], **cfg["backbone"].get("args", {}))
+    method = build_method(method_name, backbone, **cfg.get("method", {}).get("args", {}))
+    data = cfg["data"]
+    dataset = load_dataset(data["task"], data.get("split", "train"), data_root, **data.get("options", {}))
+    return method, dataset
+
+
 def run(method_name: str, cfg: dict, data_root: str | None = None, fresh: bool = False) -> dict:
     """Build backbone, method and dataset from ``cfg``, pre-train (resumable, distributed under torchrun), save the
     backbone. Returns {"history", "backbone_path", "checkpoint"}."""
@@ -81,9 +95,7 @@ def run(method_name: str, cfg: dict, data_root: str | None = None, fresh: bool =
     from torch.utils.data.distributed import DistributedSampler
 
     from ssl3d import distributed as dd
-    from ssl3d.data import load_dataset
-    from ssl3d.methods import build_method
-    from ssl3d.models import build_model, save_backbone
+    from ssl3d.models import save_backbone
     from ssl3d.train import pretrain
 
     tr = dict(cfg["train"])
@@ -94,10 +106,7 @@ def run(method_name: str, cfg: dict, data_root: str | None = None, fresh: bool =
         raise ValueError(f"train.batch_size={tr['batch_size']} is the global batch: it must be divisible by the "
                          f"{info.world_size} processes")
     torch.manual_seed(seed)
-    backbone = build_model(cfg["backbone"]["name"], **cfg["backbone"].get("args", {}))
-    method = build_method(method_name, backbone, **cfg.get("method", {}).get("args", {}))
-    data = cfg["data"]
-    dataset = load_dataset(data["task"], data.get("split", "train"), data_root, **data.get("options", {}))
+    method, dataset = build(method_name, cfg, data_root)
     out_dir = Path(cfg.get("output", {}).get("dir", "runs/pretrain"))
     ckpt = out_dir / f"{method_name}.ckpt"
     if fresh and ckpt.exists() and info.rank == 0:
