@@ -1,6 +1,7 @@
 """Evaluation protocols (ssl3d.protocols): tidy records, the C-tuned probe, fine-tuning regimes, seed statistics."""
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -119,6 +120,76 @@ def test_probe_semseg_matches_a_manual_probe():
     assert recs[1]["value"] == pytest.approx(100 * cm.diag().sum().item() / cm.sum().item(), abs=1e-9)
     with pytest.raises(ValueError, match="labelled points per scene"):
         PR.probe_semseg(backbone, train, test, regime="annotations", budget=0.5)
+
+
+def test_lp_ft_starts_from_the_probe_and_precise_bn_is_one_pass_over_the_labelled_scenes(monkeypatch):
+    """head_init="probe": before fine-tuning, the head is scikit-learn's logistic regression (C = 1, raw features)
+    on the labelled points' features, BatchNorm re-estimated on the labelled scenes; absent classes start at bias
+    −30. precise_bn: after fine-tuning, the running statistics are one pass over the labelled scenes. lr = 0 keeps
+    every weight where the probe put it, so both can be checked against a manual run."""
+    from sklearn.linear_model import LogisticRegression
+
+    from ssl3d.models.heads import head_input
+    from ssl3d.train import recompute_batchnorm
+
+    train = D.SceneDataset(3, points_per_room=4000, voxel_size=0.25, features="ones")
+    test = D.SceneDataset(1, points_per_room=4000, voxel_size=0.25, split="test", features="ones")
+    torch.manual_seed(0)
+    backbone = build_model("res16unet14tiny", in_channels=0, out_channels=8)
+    kw = dict(steps=3, batch_size=1, optimizer="sgd", lr=0.0, momentum=0.0, weight_decay=0.0, scheduler=None)
+    st = PR.TrainSettings(**kw, head_init="probe", precise_bn=True)
+    recs, model, _ = PR.finetune_semseg(backbone, train, test, regime="annotations", budget=30, seed=2, settings=st,
+                                        return_model=True)
+    # by hand: batches of one scene, so that the shuffled order does not matter
+    labelled = train.with_annotations(30, 2)
+    batches = [D.collate_scenes([labelled[i]]) for i in range(len(labelled))]
+    net, key = copy.deepcopy(backbone), head_input(backbone)
+    recompute_batchnorm(net, batches)
+    net.eval()
+    with torch.no_grad():
+        feats = [(net.encode(b)[key].double().numpy(), b["labels"].numpy()) for b in batches]
+    x = np.concatenate([f[y >= 0] for f, y in feats])
+    y = np.concatenate([y[y >= 0] for _, y in feats])
+    clf = LogisticRegression(C=1.0, max_iter=10_000).fit(x, y)
+    w, b = model.head.out.weight.detach().double().numpy(), model.head.out.bias.detach().double().numpy()
+    np.testing.assert_allclose(w[clf.classes_], clf.coef_, atol=2e-3, rtol=2e-3)
+    np.testing.assert_allclose(b[clf.classes_], clf.intercept_, atol=2e-3, rtol=2e-3)
+    absent = np.setdiff1d(np.arange(train.num_classes), clf.classes_)
+    assert len(absent) and np.all(b[absent] == -30.0) and np.all(w[absent] == 0)
+    # more labelled points than PROBE_HEAD_MAX_POINTS: the fit sees a seeded random subset of them, in order
+    monkeypatch.setattr(PR, "PROBE_HEAD_MAX_POINTS", 50)
+    _, capped, _ = PR.finetune_semseg(backbone, train, test, regime="annotations", budget=30, seed=2, settings=st,
+                                      return_model=True)
+    # the loader's shuffled order (a DataLoader seeded like the protocol's): one pass re-estimates BatchNorm, the
+    # next one reads the features
+    order_loader = torch.utils.data.DataLoader(range(len(batches)), batch_size=1, shuffle=True,
+                                               generator=torch.Generator().manual_seed(2))
+    order = [[int(i) for i in order_loader] for _ in range(2)][1]
+    xo = np.concatenate([feats[i][0][feats[i][1] >= 0] for i in order])
+    yo = np.concatenate([feats[i][1][feats[i][1] >= 0] for i in order])
+    keep = np.sort(np.random.default_rng(2).choice(len(yo), 50, replace=False))
+    sub = LogisticRegression(C=1.0, max_iter=10_000).fit(xo[keep], yo[keep])
+    np.testing.assert_allclose(capped.head.out.weight.detach().double().numpy()[sub.classes_], sub.coef_, atol=1e-2)
+    assert np.abs(capped.head.out.weight.detach().double().numpy()[clf.classes_] - clf.coef_).max() > 0.05
+    monkeypatch.undo()
+    # precise BN: one pass over the labelled scenes with the trained network (here: the initial weights)
+    ref = copy.deepcopy(model)
+    recompute_batchnorm(ref, batches, forward=ref)
+    stats = [k for k in ref.state_dict() if k.endswith(("running_mean", "running_var"))]
+    for k in stats:
+        torch.testing.assert_close(model.state_dict()[k], ref.state_dict()[k], atol=1e-5, rtol=1e-5, msg=k)
+    _, plain, _ = PR.finetune_semseg(backbone, train, test, regime="annotations", budget=30, seed=2, return_model=True,
+                                     settings=PR.TrainSettings(**kw, head_init="probe"))
+    assert not all(torch.allclose(plain.state_dict()[k], ref.state_dict()[k], atol=1e-5) for k in stats)
+    # the options change what is measured, so they enter the record key; at their defaults the keys stay as they were
+    assert recs[0]["key"] != PR.finetune_semseg(backbone, train, test, regime="annotations", budget=30, seed=2,
+                                                settings=PR.TrainSettings(**kw))[0]["key"]
+    assert set(PR._settings_dict(PR.TrainSettings())) == {f.name for f in dataclasses.fields(PR.TrainSettings)} - {
+        "head_init", "precise_bn"}
+    with pytest.raises(ValueError, match="finetune_semseg only"):
+        PR.finetune_classification(backbone, train, test, settings=PR.TrainSettings(precise_bn=True))
+    with pytest.raises(ValueError, match="head_init"):
+        PR.TrainSettings(head_init="lp")
 
 
 def test_summarize_and_compare_by_hand():

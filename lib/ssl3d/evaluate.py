@@ -211,13 +211,15 @@ def select_svm_C(train_x, train_y, Cs=(1e-3, 1e-2, 1e-1, 1.0), val_fraction: flo
 
 
 def linear_head(train_x, train_y, num_classes: int, loss: str = "logistic", C: float = 1.0, seed: int = 0,
-                max_iter: int = 10_000) -> torch.nn.Linear:
+                max_iter: int = 10_000, standardize: bool = True, absent_bias: float = -1e30) -> torch.nn.Linear:
     """A linear classifier fitted by scikit-learn on standardised (M, D) features — ``"logistic"``: multinomial
     logistic regression (L-BFGS); ``"svm"``: the SVM of :func:`linear_svm_probe` (one-vs-rest, squared hinge,
     liblinear's regularised intercept) — written as one ``nn.Linear(D, num_classes)`` over the *raw* features, so
     that it can serve as a network's head. With the training mean μ and standard deviation σ the classifier scores
     s = W (x − μ)/σ + c, so the layer's weight is W/σ and its bias c − (W/σ) μ. Labels are integers in
-    [0, num_classes); a class with no training example gets weight 0 and bias −1e30 (never predicted).
+    [0, num_classes); a class with no training example gets weight 0 and bias ``absent_bias`` (−1e30: never
+    predicted). ``standardize=False`` fits on the raw features (μ = 0, σ = 1): the regularisation then acts on the
+    layer's own weights, which keeps them at the scale a fine-tuning starts from (LP-FT, ``protocols.finetune_semseg``).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -232,14 +234,16 @@ def linear_head(train_x, train_y, num_classes: int, loss: str = "logistic", C: f
         clf = LinearSVC(C=C, dual=_dual(C), random_state=seed, max_iter=max_iter)
     else:
         raise ValueError(f"linear_head: loss must be 'logistic' or 'svm', got {loss!r}")
-    scaler = StandardScaler().fit(x)
+    scaler = StandardScaler(with_mean=standardize, with_std=standardize).fit(x)
     clf.fit(scaler.transform(x), y)
     coef, icpt = clf.coef_, clf.intercept_                       # (K', D), (K',) over the classes seen
     if len(clf.classes_) == 2:                                   # one decision value d: scores (−d, d)
         coef, icpt = np.vstack([-coef, coef]), np.concatenate([-icpt, icpt])
-    w = coef / scaler.scale_                                     # (K', D)
-    weight, bias = np.zeros((num_classes, x.shape[1])), np.full(num_classes, -1e30)
-    weight[clf.classes_], bias[clf.classes_] = w, icpt - w @ scaler.mean_
+    sigma = scaler.scale_ if standardize else 1.0
+    mu = scaler.mean_ if standardize else np.zeros(x.shape[1])
+    w = coef / sigma                                             # (K', D)
+    weight, bias = np.zeros((num_classes, x.shape[1])), np.full(num_classes, float(absent_bias))
+    weight[clf.classes_], bias[clf.classes_] = w, icpt - w @ mu
     layer = torch.nn.Linear(x.shape[1], num_classes)
     with torch.no_grad():
         layer.weight.copy_(torch.from_numpy(weight))

@@ -46,6 +46,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -87,6 +88,19 @@ class TrainSettings:
     scheduler: str | None = "cosine"
     warmup: int = 0
     voxel_size: float = 0.05  # for sparse backbones on object data
+    # semantic segmentation only (finetune_semseg); the defaults are plain fine-tuning
+    head_init: str = "random"  # "probe": LP-FT — the head starts as a logistic regression on the frozen features
+    precise_bn: bool = False   # re-estimate BatchNorm statistics on the labelled scenes after fine-tuning
+
+    def __post_init__(self):
+        if self.head_init not in ("random", "probe"):
+            raise ValueError(f"TrainSettings.head_init must be 'random' or 'probe', got {self.head_init!r}")
+
+    def semseg_only(self, who: str) -> None:
+        """Fail loudly where the two segmentation-only options would otherwise be ignored."""
+        if self.head_init != "random" or self.precise_bn:
+            raise ValueError(f"{who}: head_init={self.head_init!r} and precise_bn={self.precise_bn} are implemented "
+                             f"by finetune_semseg only; use TrainSettings' defaults here")
 
     def run(self, model, loader, step_fn, desc: str, checkpoint=None) -> dict:
         epochs = max(1, round(self.steps / len(loader)))
@@ -146,12 +160,22 @@ def describe_dataset(dataset) -> dict:
     return out
 
 
+_LATER_FIELDS = {"head_init": "random", "precise_bn": False}  # TrainSettings fields added after records existed
+
+
+def _settings_dict(settings) -> dict:
+    """The settings as a key sees them: fields added later count only when set, so records measured before they
+    existed keep their keys."""
+    d = dataclasses.asdict(settings)
+    return {k: v for k, v in d.items() if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+
+
 def _key(protocol: str, backbone, train_set, test_set, settings, **args) -> str:
     from ssl3d import sparse
 
     what = {"protocol": protocol, "weights": weights_digest(backbone), "backbone": model_name(backbone),
             "train": describe_dataset(train_set), "test": describe_dataset(test_set),
-            "settings": dataclasses.asdict(settings) if settings is not None else None,
+            "settings": _settings_dict(settings) if settings is not None else None,
             "sparse_backend": sparse.get_backend() if backbone.kind == "sparse" else None,
             "device": str(next(backbone.parameters()).device.type), **args}
     return _digest(what, 16)
@@ -305,6 +329,7 @@ def finetune_classification(backbone, train_set, test_set, *, budget=1.0, seed: 
                             dropout: float = 0.0, cache: RecordCache | None = None) -> list[dict]:
     """Fine-tune backbone + linear classifier on the labelled subset; record test ``accuracy``."""
     st = settings or TrainSettings()
+    st.semseg_only("finetune_classification")
     key = _key("finetune", backbone, train_set, test_set, st, budget=budget, seed=seed, dropout=dropout)
     return _measured(cache, key, lambda: _finetune_classification(backbone, train_set, test_set, budget, seed, method,
                                                                   task, st, dropout, key), method=method, task=task)
@@ -340,6 +365,7 @@ def finetune_partseg(backbone, train_set, test_set, *, budget=1.0, seed: int = 0
     known category). Records ``instance_miou`` and ``class_miou``. Works on point and sparse backbones (the
     latter predict per voxel; predictions go back to the points through ``inverse``)."""
     st = settings or TrainSettings()
+    st.semseg_only("finetune_partseg")
     key = _key("finetune_partseg", backbone, train_set, test_set, st, budget=budget, seed=seed,
                head=head_input(backbone))
     return _measured(cache, key, lambda: _finetune_partseg(backbone, train_set, test_set, budget, seed, method, task,
@@ -495,7 +521,17 @@ def _finetune_semseg(backbone, train_set, test_set, regime, budget, seed, method
         return torch.nn.functional.cross_entropy(logits, target, ignore_index=ignore_index)
 
     loader = _loader(labelled, st.batch_size, seed, D.collate_scenes)
+    if st.head_init == "probe" and not (checkpoint is not None and Path(checkpoint).is_file()):  # not on resume
+        recompute_batchnorm(model.backbone, loader)  # the statistics of the labelled scenes, as the probe's
+        x, y = _labelled_features(model, loader, ignore_index)
+        if len(y) > PROBE_HEAD_MAX_POINTS:  # a seeded random subset: the fit's cost, not its result, grows with M
+            keep = np.sort(np.random.default_rng(seed).choice(len(y), PROBE_HEAD_MAX_POINTS, replace=False))
+            x, y = x[keep], y[keep]
+        model.head.out = _head_like(linear_head(x, y, num_classes, "logistic", PROBE_HEAD_C, seed, standardize=False,
+                                                absent_bias=ABSENT_BIAS), model.backbone)
     history = st.run(model, loader, step, f"semseg {method or 'scratch'} {regime} {budget}", checkpoint)
+    if st.precise_bn:
+        recompute_batchnorm(model, list(loader), forward=model)
     res = evaluate_semseg(model, test_set, num_classes, ignore_index)
     common = {"regime": regime, "budget": budget, **extra, "key": key}
     records = [_record(backbone, method, task, "finetune_semseg", seed, "miou", 100 * res.miou, **common),
@@ -533,6 +569,23 @@ def _probe_semseg(backbone, train_set, test_set, regime, budget, seed, method, t
     model = Segmenter(_fresh_copy(backbone, seed), num_classes, hidden=())  # one linear layer: the classifier
     loader = _loader(labelled, batch_size, seed, D.collate_scenes, shuffle=False)
     recompute_batchnorm(model.backbone, loader)
+    x, y = _labelled_features(model, loader, ignore_index)
+    model.head.out = _head_like(linear_head(x, y, num_classes, "logistic", C, seed), model.backbone)
+    res = evaluate_semseg(model, test_set, num_classes, ignore_index)
+    common = {"regime": regime, "budget": budget, **extra, "C": C, "key": key}
+    return [_record(backbone, method, task, "probe_semseg", seed, "miou", 100 * res.miou, **common),
+            _record(backbone, method, task, "probe_semseg", seed, "accuracy", 100 * res.accuracy, **common)]
+
+
+PROBE_HEAD_C = 1.0    # LP-FT's logistic regression: inverse regularisation on the raw features
+PROBE_HEAD_MAX_POINTS = 4096  # LP-FT: labelled points the logistic regression is fitted on, at most (24-d features)
+ABSENT_BIAS = -30.0   # LP-FT: a class without labelled points starts far below the others (finite: it is trained)
+
+
+def _labelled_features(model, loader, ignore_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """The features a Segmenter's head reads, at the labelled points of every batch, with the network in eval mode
+    (BatchNorm's running statistics): (M, C) float64 and (M,) labels. The model comes back in the mode it had."""
+    was_training = model.training
     model.eval()
     xs, ys = [], []
     with torch.no_grad():
@@ -542,15 +595,17 @@ def _probe_semseg(backbone, train_set, test_set, regime, budget, seed, method, t
             keep = labels != ignore_index
             xs.append(f[keep].double().cpu())
             ys.append(labels[keep].cpu())
+    model.train(was_training)
     x, y = torch.cat(xs).numpy(), torch.cat(ys).numpy()
     if len(np.unique(y)) < 2:
-        raise ValueError(f"probe_semseg: the labelled points hold {len(np.unique(y))} class(es); a classifier needs "
-                         f"two or more — raise the budget")
-    model.head.out = linear_head(x, y, num_classes, "logistic", C, seed).to(next(model.backbone.parameters()))
-    res = evaluate_semseg(model, test_set, num_classes, ignore_index)
-    common = {"regime": regime, "budget": budget, **extra, "C": C, "key": key}
-    return [_record(backbone, method, task, "probe_semseg", seed, "miou", 100 * res.miou, **common),
-            _record(backbone, method, task, "probe_semseg", seed, "accuracy", 100 * res.accuracy, **common)]
+        raise ValueError(f"the labelled points hold {len(np.unique(y))} class(es); a linear head needs two or more — "
+                         f"raise the budget")
+    return x, y
+
+
+def _head_like(layer: torch.nn.Linear, backbone) -> torch.nn.Linear:
+    p = next(backbone.parameters())
+    return layer.to(p.device, p.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------
