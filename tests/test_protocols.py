@@ -78,6 +78,22 @@ def test_finetune_semseg_regimes():
         PR.finetune_semseg(backbone, train, test, regime="weak", settings=st)
 
 
+def manual_head_features(backbone, batches):
+    """By hand: a copy of the backbone, BatchNorm re-estimated on ``batches``, eval mode, the features a head reads
+    at the labelled points → (net, key, per-batch (features, labels), x (M, C) float64, y (M,))."""
+    from ssl3d.models.heads import head_input
+    from ssl3d.train import recompute_batchnorm
+
+    net, key = copy.deepcopy(backbone), head_input(backbone)
+    recompute_batchnorm(net, batches)
+    net.eval()
+    with torch.no_grad():
+        feats = [(net.encode(b)[key].double().numpy(), b["labels"].numpy()) for b in batches]
+    x = np.concatenate([f[y >= 0] for f, y in feats])
+    y = np.concatenate([y[y >= 0] for _, y in feats])
+    return net, key, feats, x, y
+
+
 def test_probe_semseg_matches_a_manual_probe():
     """probe_semseg (classifier folded into the head, scored by evaluate_semseg) against the same probe done by hand:
     BatchNorm re-estimated on the labelled scenes, head features of the labelled points, scikit-learn's pipeline
@@ -87,8 +103,6 @@ def test_probe_semseg_matches_a_manual_probe():
     from sklearn.preprocessing import StandardScaler
 
     from ssl3d.evaluate import confusion_matrix, iou_from_confusion
-    from ssl3d.models.heads import head_input
-    from ssl3d.train import recompute_batchnorm
 
     train = D.SceneDataset(3, points_per_room=4000, voxel_size=0.25, features="ones")
     test = D.SceneDataset(1, points_per_room=4000, voxel_size=0.25, split="test", features="ones")
@@ -100,17 +114,12 @@ def test_probe_semseg_matches_a_manual_probe():
     assert recs[0]["points_per_scene"] == 30 and recs[0]["C"] == 0.3
     assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in before.items())  # the backbone is untouched
 
-    net, key = copy.deepcopy(backbone), head_input(backbone)
     labelled = train.with_annotations(30, 2)
     batches = [D.collate_scenes([labelled[i], labelled[i + 1]]) if i + 1 < len(labelled) else
                D.collate_scenes([labelled[i]]) for i in range(0, len(labelled), 2)]
-    recompute_batchnorm(net, batches)
-    net.eval()
+    net, key, _, x, y = manual_head_features(backbone, batches)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.3, max_iter=10_000)).fit(x, y)
     with torch.no_grad():
-        feats = [(net.encode(b)[key].double().numpy(), b["labels"].numpy()) for b in batches]
-        x = np.concatenate([f[y >= 0] for f, y in feats])
-        y = np.concatenate([y[y >= 0] for _, y in feats])
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.3, max_iter=10_000)).fit(x, y)
         cm = torch.zeros(train.num_classes, train.num_classes, dtype=torch.long)
         for i in range(len(test)):
             b = D.collate_scenes([test[i]])
@@ -129,7 +138,6 @@ def test_lp_ft_starts_from_the_probe_and_precise_bn_is_one_pass_over_the_labelle
     every weight where the probe put it, so both can be checked against a manual run."""
     from sklearn.linear_model import LogisticRegression
 
-    from ssl3d.models.heads import head_input
     from ssl3d.train import recompute_batchnorm
 
     train = D.SceneDataset(3, points_per_room=4000, voxel_size=0.25, features="ones")
@@ -143,13 +151,7 @@ def test_lp_ft_starts_from_the_probe_and_precise_bn_is_one_pass_over_the_labelle
     # by hand: batches of one scene, so that the shuffled order does not matter
     labelled = train.with_annotations(30, 2)
     batches = [D.collate_scenes([labelled[i]]) for i in range(len(labelled))]
-    net, key = copy.deepcopy(backbone), head_input(backbone)
-    recompute_batchnorm(net, batches)
-    net.eval()
-    with torch.no_grad():
-        feats = [(net.encode(b)[key].double().numpy(), b["labels"].numpy()) for b in batches]
-    x = np.concatenate([f[y >= 0] for f, y in feats])
-    y = np.concatenate([y[y >= 0] for _, y in feats])
+    _, _, feats, x, y = manual_head_features(backbone, batches)
     clf = LogisticRegression(C=1.0, max_iter=10_000).fit(x, y)
     w, b = model.head.out.weight.detach().double().numpy(), model.head.out.bias.detach().double().numpy()
     np.testing.assert_allclose(w[clf.classes_], clf.coef_, atol=2e-3, rtol=2e-3)
