@@ -475,6 +475,12 @@ def finetune_semseg(backbone, train_set, test_set, *, regime: str = "full", budg
     head *replaces* the pre-training output layer (the authors' fine-tuning loads every weight whose shape matches,
     which re-initialises the final 1×1 conv with one output per class).
 
+    ``settings.head_init="probe"`` (LP-FT, Kumar et al. 2022): BatchNorm statistics re-estimated on the labelled
+    scenes, then the head's layer starts as a logistic regression (C = ``PROBE_HEAD_C``) on the raw eval-mode
+    features of at most ``PROBE_HEAD_MAX_POINTS`` labelled points, absent classes at bias ``ABSENT_BIAS``.
+    ``settings.precise_bn=True``: after fine-tuning, one pass over the labelled scenes re-estimates BatchNorm's
+    running statistics (:func:`~ssl3d.train.recompute_batchnorm`) before the test.
+
     regime ``"reconstructions"``: ``budget`` = fraction of the training scenes (:func:`~ssl3d.data.datasets.
     scene_subset`); ``"annotations"``: ``budget`` = labelled points per scene (:func:`~ssl3d.data.datasets.
     annotation_subset`); ``"full"``: every label (``budget`` ignored).
