@@ -3,7 +3,8 @@ notebook 04's PointInfoNCE checkpoint against scratch, 20 labelled points per ro
 settings (``ssl3d.protocols.finetune_semseg``; one line per seed).
 
     .venv/bin/python results/experiments/finetune_variants.py VARIANT SEED [SEED ...]
-        VARIANT: ft | ftpbn | lpftpbn;  needs runs/smoke/checkpoints/04_pointcontrast_nce_res16unet14tiny.pt
+        VARIANT: ft | ftpbn | lpftpbn (lr 0.1) | lpftpbn03 (lr 0.03, the notebooks' setting)
+        needs runs/smoke/checkpoints/04_pointcontrast_nce_res16unet14tiny.pt
         (./reproduce.sh --only 04)
     N=30 bash results/experiments/many_seeds.sh OUT   # every variant x seeds 0..N-1, 16 processes of one thread
 """
@@ -19,7 +20,8 @@ from ssl3d.data import transforms as T
 from ssl3d.models import build_model, load_backbone
 
 VARIANTS = {"ft": dict(head_init="random", precise_bn=False), "ftpbn": dict(head_init="random", precise_bn=True),
-            "lpftpbn": dict(head_init="probe", precise_bn=True)}
+            "lpftpbn": dict(head_init="probe", precise_bn=True),
+            "lpftpbn03": dict(head_init="probe", precise_bn=True, lr=0.03)}
 variant, seeds = sys.argv[1], [int(s) for s in sys.argv[2:]]
 sp.set_backend("torch")
 nce = load_backbone("runs/smoke/checkpoints/04_pointcontrast_nce_res16unet14tiny.pt")
@@ -27,8 +29,8 @@ kw = dict(points_per_room=30000, voxel_size=0.1, seed=0, test_area=5, features="
 aug = T.Compose([T.RandomRotation((0, 0, 1)), T.RandomScale(0.9, 1.1)])
 train = load_dataset("scenes", "train", None, transform=aug, n_rooms=8, **kw)
 test = load_dataset("scenes", "test", None, n_rooms=6, **kw)
-st = PR.TrainSettings(steps=24, batch_size=2, optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,
-                      scheduler="poly", **VARIANTS[variant])
+st = PR.TrainSettings(steps=24, batch_size=2, optimizer="sgd", momentum=0.9, weight_decay=1e-4, scheduler="poly",
+                      **{"lr": 0.1, **VARIANTS[variant]})
 for s in seeds:
     torch.manual_seed(s)
     out = {}
