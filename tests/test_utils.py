@@ -60,3 +60,26 @@ def test_checkpoint_mismatch_and_truncation(tmp_path):
         utils.load_checkpoint(tmp_path / "bad.pt", torch.nn.Linear(4, 2))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         utils.load_checkpoint(tmp_path / "nope.pt", torch.nn.Linear(4, 2))
+
+
+def _env_after_import(first: str, env: dict) -> dict:
+    """OMP_WAIT_POLICY and GOMP_SPINCOUNT as a fresh interpreter sees them after importing ``first``, then ssl3d."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (f"import {first}, ssl3d, os, json; "
+            "print(json.dumps({k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}))")
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_importing_ssl3d_first_sets_a_sleeping_but_briefly_spinning_openmp_policy():
+    # imported before torch: idle threads spin 30,000 rounds, then sleep (ssl3d/__init__.py says why)
+    assert _env_after_import("sys", {}) == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "30000"}
+    # a user's settings win
+    assert _env_after_import("sys", {"GOMP_SPINCOUNT": "0"}) == {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "0"}
+    # after torch it is too late (OpenMP has read its environment): ssl3d leaves it alone
+    assert _env_after_import("torch", {}) == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None}
