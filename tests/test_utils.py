@@ -1,3 +1,8 @@
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -64,11 +69,6 @@ def test_checkpoint_mismatch_and_truncation(tmp_path):
 
 def _env_after_import(first: str, env: dict) -> dict:
     """OMP_WAIT_POLICY and GOMP_SPINCOUNT as a fresh interpreter sees them after importing ``first``, then ssl3d."""
-    import json
-    import os
-    import subprocess
-    import sys
-
     code = (f"import {first}, ssl3d, os, json; "
             "print(json.dumps({k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')}))")
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}

@@ -40,8 +40,9 @@ gathered ÷ time of the whole convolution):
   and one GEMM with W reshaped to (K·C_in, C_out); backward is one GEMM for ∂W on the same matrix and one gather +
   GEMM on the transposed map for ∂x — no scatter. It multiplies the missing neighbours by zero too (a 3×3×3 map on
   surfaces has ~9–12 of 27), but on the smoke notebooks' clouds (a few thousand rows of 8–64 channels) the
-  per-offset path is op overhead — above all under the OpenMP wait policy PASSIVE that ``import ssl3d`` sets, where
-  every 2-thread op of a one-block map wakes a sleeping thread. A Res16UNet14Tiny training step is 1.9× faster on a
+  per-offset path is op overhead — above all under OpenMP's wait policy PASSIVE with no spin (what ``import ssl3d``
+  set when this was measured; it now also sets ``GOMP_SPINCOUNT``), where every 2-thread op of a one-block map
+  wakes a sleeping thread. A Res16UNet14Tiny training step is 1.9× faster on a
   batch of 4 view-pair clouds (8.5 k voxels) and 1.5× on 2 rooms at 10 cm (23 k voxels), and 04's PointContrast
   pre-training loop 2.4–2.8× (``benchmarks/sparse_small.py``; under OpenMP's default spinning policy the two paths
   are within 1.02–1.14×). Larger limits (16 M entries) were slower on the rooms; rooms at 2 cm and Res16UNet34C
