@@ -1,8 +1,9 @@
 """Issue 12: how much class information the stage-1 teacher's own features carry — the scans and clean-object probe
 (1 and 5 labelled shapes per class, C = 0.01, mean ± std over 12 label draws) of a saved dVAE's pooled token features
 [max ‖ mean] (what ``DiscreteVAE.encode`` returns). MODE picks the tokens: ``global`` (the targets of ACT's student:
-dgcnn_2 after the prompted Transformer, argmax codes), ``h`` (the prompted Transformer's output), ``enc`` (the code
-logits). ``random``: an untrained dVAE around the same pretrained MiniLM.
+dgcnn_2 after the prompted Transformer, argmax codes), ``soft`` (the same with softmax code weights instead of one
+code), ``h`` (the prompted Transformer's output), ``enc`` (the code logits). ``random``: an untrained dVAE around
+the same pretrained MiniLM.
 
     MODE=global .venv/bin/python results/experiments/act_teacher_probe.py /tmp/act/teacher_e12_s204_n20_1.pt random
 """
@@ -32,6 +33,9 @@ def encode(self, batch):
     neighborhood, center = self.group(batch["points"])
     if mode == "h":
         f = self.tokenizer_features(neighborhood, center, sampling="argmax", return_global=False)
+    elif mode == "soft":  # softmax(logits) instead of a one-hot code: the expected code embedding
+        soft = self.sample_codes(self.logits(neighborhood, center), "softmax", tau=1.0)
+        f = self.dgcnn_2(self.prompted_transformer(soft @ self.codebook, center), center)
     elif mode == "enc":
         f = self.logits(neighborhood, center)
     else:
