@@ -207,6 +207,20 @@ def test_mobilenet_v2_checkpoint_round_trip_keeps_the_encoder(tmp_path):
         torch.testing.assert_close(net2.eval()(x), net(x))
 
 
+def test_checkpoint_without_an_encoder_field_loads_as_the_resnet_it_was(tmp_path):
+    """Checkpoints written before MobileNetV2 existed have no ``encoder`` in their config: they are ResNets."""
+    net = build_resunet2d("resnet18-w16").eval()
+    path = save_resunet2d(net, tmp_path / "old.pt")
+    state = torch.load(path, weights_only=True)
+    del state["config"]["encoder"]
+    torch.save(state, path)
+    old = load_resunet2d(path).eval()
+    assert old.config["encoder"] == "resnet"
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(old(x), net(x))
+
+
 def test_installed_imagenet_weights_absent_says_how_to_install(monkeypatch):
     import importlib.util
 
