@@ -12,8 +12,7 @@ import sys
 
 import numpy as np
 import torch
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import LinearSVC
+from act_probe_draws import draw_accuracies  # the script beside this one
 
 import ssl3d  # noqa: F401  (thread settings)
 from ssl3d import act as A
@@ -56,13 +55,6 @@ for path in sys.argv[1:]:
         xte = np.asarray(E.extract_global_features(net, test, 32)[0])
         out = []
         for budget in (1, 5):
-            accs = []
-            for d in range(12):
-                rng = np.random.default_rng(d)
-                idx = np.concatenate([rng.choice(np.flatnonzero(ytr == c), budget, replace=False)
-                                      for c in np.unique(ytr)])
-                sc = StandardScaler().fit(xtr[idx])
-                clf = LinearSVC(C=0.01, max_iter=5000).fit(sc.transform(xtr[idx]), ytr[idx])
-                accs.append(100 * (clf.predict(sc.transform(xte)) == yte).mean())
+            accs = draw_accuracies(xtr, ytr, xte, yte, budget, C=0.01, seed=0)
             out.append(f"{budget}/class: {np.mean(accs):.1f} ± {np.std(accs):.1f}")
         print(f"{mode} {path} {task}: " + " | ".join(out), flush=True)
