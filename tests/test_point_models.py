@@ -45,6 +45,27 @@ def test_output_shapes_and_global_feature(name, local, cloud):
     torch.testing.assert_close(net.encode({"points": cloud})["feats"], out["feats"])
 
 
+def test_feats_are_built_on_first_access_only(cloud, monkeypatch):
+    """``feats`` (the per-point concatenation) is built when read, equal to the eager form; membership, iteration and
+    the factored form do not build it; a caller's extra entries are kept."""
+    net = make("pointnet").eval()
+    out = net(cloud)
+    calls = []
+    cat = torch.cat
+    monkeypatch.setattr(torch, "cat", lambda *a, **k: calls.append(1) or cat(*a, **k))
+    assert "feats" in out and set(out) == {"feats", "feats_factored", "global_feats"} and len(out) == 3
+    local, glob = out["feats_factored"]
+    assert not calls
+    f = out["feats"]
+    assert len(calls) == 1 and out["feats"] is f  # built once
+    assert torch.equal(f, torch.cat([local, glob[:, None].expand(-1, N, -1)], -1))
+    out["graphs"] = [1]
+    assert dict(out)["graphs"] == [1] and torch.equal(dict(out)["feats"], f)
+    del out["graphs"]
+    assert "graphs" not in out
+    assert len(make("dgcnn").eval()(cloud, return_graphs=True)["graphs"]) == 4
+
+
 @pytest.mark.parametrize("name", ["pointnet", "dgcnn"])
 def test_permutation_equivariance(name, cloud, gen):
     net = make(name).double().eval()
