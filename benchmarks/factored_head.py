@@ -44,15 +44,21 @@ class ConcatenatedHead(torch.nn.Module):
         return {"loss": gmm.gmm_nll(batch["points"], logits, cov=m.cov, eps=m.eps)}
 
 
+def smoke_gmm_step_setup():
+    """Notebook 03's smoke setting: a GMM method on PointNet ×0.5 (J = 16, full covariance) and one collated batch
+    of 32 shapes × 512 points. Also used by ``point_outputs.py``."""
+    shapes = load_dataset("parts", "train", None, n_per_class=3, n_points=512, seed=0, random_yaw=True)
+    torch.manual_seed(0)
+    method = build_method("gmm", build_model("pointnet", width=0.5), J=16, cov="full", eps=1e-5)
+    return method, method.collate([shapes[i] for i in range(32)])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="5 repetitions instead of 20")
     args = ap.parse_args()
     reps = 5 if args.quick else 20
-    shapes = load_dataset("parts", "train", None, n_per_class=3, n_points=512, seed=0, random_yaw=True)
-    torch.manual_seed(0)
-    method = build_method("gmm", build_model("pointnet", width=0.5), J=16, cov="full", eps=1e-5)
-    batch = method.collate([shapes[i] for i in range(32)])
+    method, batch = smoke_gmm_step_setup()
     forms = {"concatenated": ConcatenatedHead(method), "factored": method}
     with torch.no_grad():  # the two forms compute the same loss
         same = {k: float(f(batch)["loss"]) for k, f in forms.items()}

@@ -104,7 +104,7 @@ class PointOutputs(MutableMapping):
         self._d = {"feats": None, "feats_factored": (local, glob), "global_feats": global_feats}
 
     def __getitem__(self, key):
-        if key == "feats" and self._d.get("feats", 0) is None:
+        if key == "feats" and "feats" in self._d and self._d["feats"] is None:  # not built yet
             local, glob = self._d["feats_factored"]
             self._d["feats"] = torch.cat([local, glob.unsqueeze(1).expand(-1, local.shape[1], -1)], dim=-1)
         return self._d[key]
